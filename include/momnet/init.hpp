@@ -1,0 +1,68 @@
+// Seeded initialisers for parameters. fan_in and fan_out are those of a dense
+// weight [out, in]: fan_in = in, fan_out = out.
+#pragma once
+
+#include <cmath>
+#include <stdexcept>
+#include <string>
+
+#include "momnet/parameter.hpp"
+#include "momnet/random.hpp"
+
+namespace momnet::init {
+
+template <class T>
+void uniform(Parameter<T>& p, double low, double high, Rng& rng) {
+  for (Eigen::Index i = 0; i < p.size(); ++i) p.value_data()[i] = static_cast<T>(rng.uniform(low, high));
+}
+
+template <class T>
+void normal(Parameter<T>& p, double mean, double stddev, Rng& rng) {
+  for (Eigen::Index i = 0; i < p.size(); ++i) p.value_data()[i] = static_cast<T>(rng.normal(mean, stddev));
+}
+
+inline void check_fan(const char* name, Eigen::Index fan) {
+  if (fan <= 0) throw std::invalid_argument(std::string(name) + ": fan must be positive, got " + std::to_string(fan));
+}
+
+// He et al. 2015: U(-b, b) with b = gain * sqrt(3 / fan_in); gain sqrt(2) suits ReLU.
+template <class T>
+void kaiming_uniform(Parameter<T>& p, Eigen::Index fan_in, Rng& rng, double gain = std::sqrt(2.0)) {
+  check_fan("momnet::init::kaiming_uniform", fan_in);
+  const double bound = gain * std::sqrt(3.0 / static_cast<double>(fan_in));
+  uniform(p, -bound, bound, rng);
+}
+
+// He et al. 2015: N(0, gain^2 / fan_in).
+template <class T>
+void kaiming_normal(Parameter<T>& p, Eigen::Index fan_in, Rng& rng, double gain = std::sqrt(2.0)) {
+  check_fan("momnet::init::kaiming_normal", fan_in);
+  normal(p, 0.0, gain / std::sqrt(static_cast<double>(fan_in)), rng);
+}
+
+// Glorot and Bengio 2010: U(-b, b) with b = gain * sqrt(6 / (fan_in + fan_out)).
+template <class T>
+void xavier_uniform(Parameter<T>& p, Eigen::Index fan_in, Eigen::Index fan_out, Rng& rng,
+                    double gain = 1.0) {
+  check_fan("momnet::init::xavier_uniform", fan_in + fan_out);
+  const double bound = gain * std::sqrt(6.0 / static_cast<double>(fan_in + fan_out));
+  uniform(p, -bound, bound, rng);
+}
+
+// Glorot and Bengio 2010: N(0, gain^2 * 2 / (fan_in + fan_out)).
+template <class T>
+void xavier_normal(Parameter<T>& p, Eigen::Index fan_in, Eigen::Index fan_out, Rng& rng,
+                   double gain = 1.0) {
+  check_fan("momnet::init::xavier_normal", fan_in + fan_out);
+  normal(p, 0.0, gain * std::sqrt(2.0 / static_cast<double>(fan_in + fan_out)), rng);
+}
+
+// PyTorch's default for nn.Linear: weight and bias both U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+template <class T>
+void pytorch_linear(Parameter<T>& p, Eigen::Index fan_in, Rng& rng) {
+  check_fan("momnet::init::pytorch_linear", fan_in);
+  const double bound = 1.0 / std::sqrt(static_cast<double>(fan_in));
+  uniform(p, -bound, bound, rng);
+}
+
+}  // namespace momnet::init

@@ -1,0 +1,52 @@
+// Linear -> activation -> Linear: the residual function of the reference
+// Momentum ResNet experiments, mapping [batch, dim] to [batch, dim].
+#pragma once
+
+#include <stdexcept>
+#include <string>
+
+#include "momnet/layers/activation.hpp"
+#include "momnet/layers/linear.hpp"
+#include "momnet/random.hpp"
+#include "momnet/tape.hpp"
+
+namespace momnet {
+
+template <class T>
+class MLPBlock {
+ public:
+  using Scalar = T;
+
+  MLPBlock(Eigen::Index dim, Eigen::Index hidden, Rng& rng,
+           ActivationKind activation = ActivationKind::tanh)
+      : first_(dim, hidden, rng, true, "fc1"), second_(hidden, dim, rng, true, "fc2"),
+        activation_(activation) {}
+
+  Var<T> forward(Tape<T>& tape, const Var<T>& x) {
+    const Shape& shape = x.shape();
+    if (shape.rank() != 2 || shape.dim(1) != dim()) {
+      throw std::invalid_argument("momnet::MLPBlock: expects [batch, " + std::to_string(dim()) +
+                                  "], got " + shape.to_string());
+    }
+    return second_.forward(tape, activate(first_.forward(tape, x), activation_));
+  }
+
+  template <class Visitor>
+  void visit_parameters(Visitor&& visit) {
+    first_.visit_parameters(visit);
+    second_.visit_parameters(visit);
+  }
+
+  Eigen::Index dim() const noexcept { return first_.in_features(); }
+  Eigen::Index hidden() const noexcept { return first_.out_features(); }
+  ActivationKind activation() const noexcept { return activation_; }
+  Linear<T>& first() noexcept { return first_; }
+  Linear<T>& second() noexcept { return second_; }
+
+ private:
+  Linear<T> first_;
+  Linear<T> second_;
+  ActivationKind activation_;
+};
+
+}  // namespace momnet

@@ -1,0 +1,27 @@
+// momnet: Momentum Residual Networks with exact, memory-free backpropagation.
+// The umbrella header: includes every public part of the library.
+#pragma once
+
+#include "momnet/arena.hpp"
+#include "momnet/gradient_check.hpp"
+#include "momnet/init.hpp"
+#include "momnet/layers/activation.hpp"
+#include "momnet/layers/linear.hpp"
+#include "momnet/layers/mlp_block.hpp"
+#include "momnet/memory.hpp"
+#include "momnet/ops/checks.hpp"
+#include "momnet/ops/elementwise.hpp"
+#include "momnet/ops/loss.hpp"
+#include "momnet/ops/matmul.hpp"
+#include "momnet/ops/reduction.hpp"
+#include "momnet/ops/shape_ops.hpp"
+#include "momnet/ops/softmax.hpp"
+#include "momnet/ops/unary.hpp"
+#include "momnet/optim/adam.hpp"
+#include "momnet/optim/sgd.hpp"
+#include "momnet/parameter.hpp"
+#include "momnet/random.hpp"
+#include "momnet/shape.hpp"
+#include "momnet/tape.hpp"
+#include "momnet/tensor.hpp"
+#include "momnet/views.hpp"

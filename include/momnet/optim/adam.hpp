@@ -1,0 +1,115 @@
+// Adam (Kingma and Ba, 2015) and AdamW (Loshchilov and Hutter, 2019), with
+// PyTorch's semantics (torch.optim.Adam / AdamW), step t = 1, 2, ...:
+//   Adam:  g = grad + weight_decay * p          (L2 penalty in the gradient)
+//   AdamW: p = p * (1 - lr * weight_decay)       (decoupled decay), g = grad
+//   m = beta1 m + (1 - beta1) g;  v = beta2 v + (1 - beta2) g^2
+//   p = p - lr * (m / (1 - beta1^t)) / (sqrt(v / (1 - beta2^t)) + eps)
+#pragma once
+
+#include <cmath>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "momnet/memory.hpp"
+#include "momnet/optim/sgd.hpp"
+#include "momnet/parameter.hpp"
+
+namespace momnet {
+
+struct AdamOptions {
+  double learning_rate = 1e-3;
+  double beta1 = 0.9;
+  double beta2 = 0.999;
+  double epsilon = 1e-8;
+  double weight_decay = 0.0;
+  bool decoupled_weight_decay = false;  // true: AdamW
+};
+
+template <class T>
+class Adam {
+ public:
+  Adam(std::vector<Parameter<T>*> parameters, AdamOptions options)
+      : parameters_(std::move(parameters)), options_(options) {
+    const char* name = options.decoupled_weight_decay ? "momnet::AdamW" : "momnet::Adam";
+    detail::check_parameters(name, parameters_);
+    detail::check_non_negative(name, "learning_rate", options.learning_rate);
+    detail::check_non_negative(name, "epsilon", options.epsilon);
+    detail::check_non_negative(name, "weight_decay", options.weight_decay);
+    for (double beta : {options.beta1, options.beta2}) {
+      if (!(beta >= 0.0 && beta < 1.0)) {
+        throw std::invalid_argument(std::string(name) + ": betas must lie in [0, 1), got " +
+                                    std::to_string(beta));
+      }
+    }
+    for (Parameter<T>* p : parameters_) {
+      first_.emplace_back(static_cast<std::size_t>(p->size()));
+      second_.emplace_back(static_cast<std::size_t>(p->size()));
+      array_view(first_.back().data(), p->size()).setZero();
+      array_view(second_.back().data(), p->size()).setZero();
+    }
+  }
+
+  void step() {
+    ++steps_;
+    const double t = static_cast<double>(steps_);
+    const T lr = static_cast<T>(options_.learning_rate);
+    const T b1 = static_cast<T>(options_.beta1), b2 = static_cast<T>(options_.beta2);
+    const T correction1 = static_cast<T>(1.0 - std::pow(options_.beta1, t));
+    const T correction2 = static_cast<T>(1.0 - std::pow(options_.beta2, t));
+    const T eps = static_cast<T>(options_.epsilon);
+    const T wd = static_cast<T>(options_.weight_decay);
+    for (std::size_t i = 0; i < parameters_.size(); ++i) {
+      Parameter<T>& p = *parameters_[i];
+      auto value = p.array();
+      auto m = array_view(first_[i].data(), p.size());
+      auto v = array_view(second_[i].data(), p.size());
+      if (options_.decoupled_weight_decay) {
+        value *= T(1) - lr * wd;
+        m = b1 * m + (T(1) - b1) * p.grad_array();
+        v = b2 * v + (T(1) - b2) * p.grad_array().square();
+      } else {
+        const auto g = (p.grad_array() + wd * value).eval();
+        m = b1 * m + (T(1) - b1) * g;
+        v = b2 * v + (T(1) - b2) * g.square();
+      }
+      value -= lr * (m / correction1) / ((v / correction2).sqrt() + eps);
+    }
+  }
+
+  void zero_grad() {
+    for (Parameter<T>* p : parameters_) p->zero_grad();
+  }
+
+  const AdamOptions& options() const noexcept { return options_; }
+  long steps() const noexcept { return steps_; }
+
+ private:
+  std::vector<Parameter<T>*> parameters_;
+  AdamOptions options_;
+  std::vector<Buffer<T>> first_;
+  std::vector<Buffer<T>> second_;
+  long steps_ = 0;
+};
+
+// AdamW: Adam with decoupled weight decay (PyTorch's default decay 1e-2).
+template <class T>
+class AdamW : public Adam<T> {
+ public:
+  AdamW(std::vector<Parameter<T>*> parameters, AdamOptions options = with_decay())
+      : Adam<T>(std::move(parameters), decoupled(options)) {}
+
+  static AdamOptions with_decay() {
+    AdamOptions options;
+    options.weight_decay = 1e-2;
+    return options;
+  }
+
+ private:
+  static AdamOptions decoupled(AdamOptions options) {
+    options.decoupled_weight_decay = true;
+    return options;
+  }
+};
+
+}  // namespace momnet

@@ -1,0 +1,413 @@
+// Reverse-mode automatic differentiation, define by run: a Tape is a Wengert
+// list of matrix-level nodes whose values and gradients live in an arena. Each
+// node holds its value and, when it needs a gradient, a backward step that
+// adds its inputs' gradients given its own. backward(loss) walks the list once
+// in reverse. There is no global tape: every Var names the tape it lives on.
+//
+// Nested scopes: mark() remembers the end of the list, rewind(mark) releases
+// every node (and its memory) recorded since. MomentumResidual uses this to
+// re-record one block at a time during its backward pass.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <initializer_list>
+#include <limits>
+#include <memory>
+#include <new>
+#include <stdexcept>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "momnet/arena.hpp"
+#include "momnet/memory.hpp"
+#include "momnet/parameter.hpp"
+#include "momnet/shape.hpp"
+#include "momnet/tensor.hpp"
+#include "momnet/views.hpp"
+
+namespace momnet {
+
+template <class T>
+class Tape;
+
+// A handle to one node of a tape: cheap to copy, valid until the tape is
+// rewound past it or destroyed. Using a released handle throws.
+template <class T>
+class Var {
+ public:
+  using Scalar = T;
+
+  Var() = default;  // an empty handle: valid() is false
+
+  bool valid() const noexcept { return tape_ != nullptr; }
+  Tape<T>& tape() const {
+    if (tape_ == nullptr) throw std::logic_error("momnet::Var: empty handle (default-constructed Var)");
+    return *tape_;
+  }
+  std::size_t index() const noexcept { return index_; }
+
+  const Shape& shape() const { return tape().shape(*this); }
+  Eigen::Index size() const { return shape().size(); }
+  const T* data() const { return tape().value_data(*this); }
+  ConstMatrixView<T> value() const { return matrix_view(data(), shape()); }
+  ConstArrayView<T> array() const { return array_view(data(), size()); }
+  bool requires_grad() const { return tape().requires_grad(*this); }
+  // The value of a one-element Var.
+  T item() const {
+    if (size() != 1) {
+      throw std::invalid_argument("momnet::Var::item: shape " + shape().to_string() + " is not a scalar");
+    }
+    return data()[0];
+  }
+  // The gradient accumulated by the last backward pass (zeros if this Var did
+  // not influence the output).
+  ConstMatrixView<T> grad() const { return matrix_view(tape().gradient_data(*this), shape()); }
+
+ private:
+  friend class Tape<T>;
+  Var(Tape<T>* tape, std::size_t index, std::uint64_t serial) noexcept
+      : tape_(tape), index_(index), serial_(serial) {}
+
+  Tape<T>* tape_ = nullptr;
+  std::size_t index_ = 0;
+  std::uint64_t serial_ = 0;
+};
+
+template <class T>
+class Tape {
+  static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>,
+                "momnet::Tape supports float and double");
+
+ public:
+  using Scalar = T;
+
+  struct Mark {
+    std::size_t nodes = 0;
+    Arena::Mark arena;
+  };
+
+  // While alive, operations compute values but record no backward steps.
+  class NoGradScope {
+   public:
+    explicit NoGradScope(Tape& tape) noexcept : tape_(tape), previous_(tape.grad_enabled_) {
+      tape.grad_enabled_ = false;
+    }
+    NoGradScope(const NoGradScope&) = delete;
+    NoGradScope& operator=(const NoGradScope&) = delete;
+    ~NoGradScope() { tape_.grad_enabled_ = previous_; }
+
+   private:
+    Tape& tape_;
+    bool previous_;
+  };
+
+  // A tape with its own memory counter.
+  Tape() : owned_counter_(std::make_unique<MemoryCounter>()), counter_(owned_counter_.get()),
+           arena_(*counter_), nodes_(CountingAllocator<Node>(*counter_)) {}
+  // A tape that counts its memory into `counter` (which must outlive it).
+  explicit Tape(MemoryCounter& counter)
+      : counter_(&counter), arena_(counter), nodes_(CountingAllocator<Node>(counter)) {}
+  Tape(const Tape&) = delete;
+  Tape& operator=(const Tape&) = delete;
+  ~Tape() { destroy_steps(0); }
+
+  MemoryCounter& memory() noexcept { return *counter_; }
+  const MemoryCounter& memory() const noexcept { return *counter_; }
+  std::size_t arena_bytes_in_use() const noexcept { return arena_.bytes_in_use(); }
+  std::size_t size() const noexcept { return nodes_.size(); }
+  bool grad_enabled() const noexcept { return grad_enabled_; }
+
+  // ---- leaves ---------------------------------------------------------------
+
+  // A value that receives no gradient (copied onto the tape).
+  Var<T> constant(const Shape& shape, const T* data) { return leaf(shape, data, false); }
+  // A value whose gradient is wanted (copied onto the tape).
+  Var<T> variable(const Shape& shape, const T* data) { return leaf(shape, data, true); }
+  Var<T> constant(const Tensor<T>& tensor) { return leaf(tensor.shape(), tensor.data(), false); }
+  Var<T> variable(const Tensor<T>& tensor) { return leaf(tensor.shape(), tensor.data(), true); }
+  template <class Derived>
+  Var<T> constant(const Eigen::DenseBase<Derived>& values) {
+    return leaf(values, false);
+  }
+  template <class Derived>
+  Var<T> variable(const Eigen::DenseBase<Derived>& values) {
+    return leaf(values, true);
+  }
+  // A value filled with `fill`.
+  Var<T> filled(const Shape& shape, T fill) {
+    T* value = allocate(shape.size());
+    array_view(value, shape.size()).setConstant(fill);
+    return push(shape, value, false, nullptr, false);
+  }
+
+  // A parameter, by reference: no copy; its gradient accumulates straight
+  // into parameter.grad().
+  Var<T> param(Parameter<T>& parameter) {
+    Var<T> v = push(parameter.shape(), parameter.value_data(), grad_enabled_, nullptr, false);
+    if (grad_enabled_) nodes_.back().grad = parameter.grad_data();
+    nodes_.back().external_grad = true;
+    return v;
+  }
+
+  // ---- recording (the interface operations are written against) -------------
+
+  // Uninitialised, aligned storage for `count` values, released by rewind.
+  T* allocate(Eigen::Index count) {
+    return static_cast<T*>(arena_.allocate(static_cast<std::size_t>(count) * sizeof(T)));
+  }
+
+  // Uninitialised, aligned storage for `count` objects of a trivial type (an
+  // operation's saved integers, say), released by rewind.
+  template <class U>
+  U* allocate_as(Eigen::Index count) {
+    static_assert(std::is_trivially_copyable_v<U> && std::is_trivially_destructible_v<U>);
+    return static_cast<U*>(arena_.allocate(static_cast<std::size_t>(count) * sizeof(U)));
+  }
+
+  // Records a node holding `value` (from allocate()). When gradients are on and
+  // an input requires one, `backward(const T* output_grad)` is kept and run
+  // during the reverse walk; it adds into its inputs' gradient_for() buffers.
+  template <class Backward>
+  Var<T> record(const Shape& shape, T* value, std::initializer_list<Var<T>> inputs,
+                Backward&& backward) {
+    return record(shape, value, inputs.begin(), inputs.size(), std::forward<Backward>(backward));
+  }
+  template <class Backward>
+  Var<T> record(const Shape& shape, T* value, const Var<T>* inputs, std::size_t input_count,
+                Backward&& backward) {
+    bool needs = false;
+    if (grad_enabled_) {
+      for (std::size_t i = 0; i < input_count; ++i) needs = needs || requires_grad(inputs[i]);
+    }
+    if (!needs) return push(shape, value, false, nullptr, false);
+    using Step = StepOf<std::decay_t<Backward>>;
+    void* place = arena_.allocate(sizeof(Step));
+    Step* step = new (place) Step(std::forward<Backward>(backward));
+    return push(shape, value, true, step, !std::is_trivially_destructible_v<std::decay_t<Backward>>);
+  }
+
+  // The gradient buffer of `var`, zero-filled on first use, to add into.
+  T* gradient_for(const Var<T>& var) {
+    Node& node = checked(var);
+    if (!node.requires_grad) {
+      throw std::logic_error("momnet::Tape: Var #" + std::to_string(var.index_) +
+                             " does not require a gradient");
+    }
+    if (node.grad == nullptr) {
+      if (var.index_ < grad_floor_) {
+        throw std::logic_error(
+            "momnet::Tape: a nested backward reached Var #" + std::to_string(var.index_) +
+            ", recorded before its scope, whose gradient was not prepared; call "
+            "gradient_for() on it before the nested scope");
+      }
+      allocate_grad(node);
+    }
+    return node.grad;
+  }
+
+  // ---- access -----------------------------------------------------------------
+
+  const Shape& shape(const Var<T>& var) const { return checked(var).shape; }
+  const T* value_data(const Var<T>& var) const { return checked(var).value; }
+  bool requires_grad(const Var<T>& var) const { return checked(var).requires_grad; }
+  const T* gradient_data(const Var<T>& var) {
+    if (!checked(var).requires_grad) {
+      throw std::logic_error("momnet::Var::grad: this Var does not require a gradient");
+    }
+    return gradient_for(var);
+  }
+
+  // Throws unless `var` is a live node of this tape; `operation` names the caller.
+  void check(const Var<T>& var, const char* operation) const {
+    if (var.tape_ == nullptr) {
+      throw std::invalid_argument(std::string(operation) + ": empty Var (default-constructed)");
+    }
+    if (var.tape_ != this) {
+      throw std::invalid_argument(std::string(operation) + ": a Var belongs to a different tape");
+    }
+    checked(var);
+  }
+
+  // ---- reverse pass -----------------------------------------------------------
+
+  // Gradients of the scalar `loss` with respect to every Var that requires one.
+  // Intermediate gradients restart from zero on each call; parameter gradients
+  // accumulate until zero_grad().
+  void backward(const Var<T>& loss) {
+    check(loss, "momnet::Tape::backward");
+    const Node& node = checked(loss);
+    if (node.shape.size() != 1) {
+      throw std::invalid_argument("momnet::Tape::backward: the output has shape " +
+                                  node.shape.to_string() +
+                                  ", not a scalar; pass a seed gradient of that shape");
+    }
+    const T one = T(1);
+    backward(loss, &one);
+  }
+
+  // Gradients given the seed d(objective)/d(output), an array of output.size().
+  void backward(const Var<T>& output, const T* seed) {
+    check(output, "momnet::Tape::backward");
+    const Node& node = checked(output);
+    if (!node.requires_grad) {
+      throw std::logic_error(
+          "momnet::Tape::backward: the output does not depend on any Var that requires a "
+          "gradient (or was recorded under NoGradScope)");
+    }
+    const ConstArrayView<T> value(node.value, node.shape.size());
+    if (!value.isFinite().all()) {
+      throw std::domain_error(std::string("momnet::Tape::backward: the output is ") +
+                              (value.isNaN().any() ? "NaN" : "infinite") +
+                              "; the forward pass overflowed or divided by zero");
+    }
+    for (std::size_t i = 0; i <= output.index_; ++i) {
+      Node& n = nodes_[i];
+      if (n.grad != nullptr && !n.external_grad) array_view(n.grad, n.shape.size()).setZero();
+    }
+    const std::size_t saved_floor = std::exchange(grad_floor_, 0);
+    seed_and_walk(output, seed, 0);
+    grad_floor_ = saved_floor;
+  }
+
+  // A nested reverse walk for memory-saving operations: adds `seed` to the
+  // gradient of `output` and walks back only to `floor` (a mark taken before
+  // output was recorded). Gradients of Vars recorded before the floor are added
+  // into, never reset; they must already exist (gradient_for) before the call.
+  void backward_from(const Var<T>& output, const T* seed, const Mark& floor) {
+    check(output, "momnet::Tape::backward_from");
+    if (floor.nodes > output.index_) {
+      throw std::logic_error("momnet::Tape::backward_from: the floor mark lies after the output");
+    }
+    if (!checked(output).requires_grad) return;
+    const std::size_t saved_floor = std::exchange(grad_floor_, floor.nodes);
+    seed_and_walk(output, seed, floor.nodes);
+    grad_floor_ = saved_floor;
+  }
+
+  // ---- scopes -----------------------------------------------------------------
+
+  Mark mark() const noexcept { return Mark{nodes_.size(), arena_.mark()}; }
+
+  // Releases every node recorded since `mark`; their Vars become invalid.
+  void rewind(const Mark& mark) {
+    if (mark.nodes > nodes_.size()) {
+      throw std::logic_error("momnet::Tape::rewind: the mark is past the end (already rewound)");
+    }
+    destroy_steps(mark.nodes);
+    nodes_.resize(mark.nodes);
+    arena_.rewind(mark.arena);
+  }
+
+  // Releases every node; keeps the arena's chunks for the next recording.
+  void clear() { rewind(Mark{}); }
+
+ private:
+  struct Step {
+    virtual void run(const T* output_grad) = 0;
+    virtual ~Step() = default;
+  };
+  template <class F>
+  struct StepOf final : Step {
+    explicit StepOf(F f) : function(std::move(f)) {}
+    void run(const T* output_grad) override { function(output_grad); }
+    F function;
+  };
+
+  struct Node {
+    T* value;
+    T* grad;
+    Step* step;
+    std::uint64_t serial;
+    Shape shape;
+    bool requires_grad;
+    bool destroy_step;   // the step owns resources: run its destructor on rewind
+    bool external_grad;  // the gradient is a parameter's, never reset by the tape
+  };
+
+  Var<T> push(const Shape& shape, T* value, bool needs_grad, Step* step, bool destroy_step) {
+    nodes_.push_back(Node{value, nullptr, step, ++serial_, shape, needs_grad, destroy_step, false});
+    return Var<T>(this, nodes_.size() - 1, serial_);
+  }
+
+  Var<T> leaf(const Shape& shape, const T* data, bool needs_grad) {
+    T* value = allocate(shape.size());
+    if (shape.size() != 0) std::copy(data, data + shape.size(), value);
+    return push(shape, value, needs_grad && grad_enabled_, nullptr, false);
+  }
+  template <class Derived>
+  Var<T> leaf(const Eigen::DenseBase<Derived>& values, bool needs_grad) {
+    const Shape shape{values.rows(), values.cols()};
+    T* value = allocate(shape.size());
+    matrix_view(value, shape) = values.template cast<T>();
+    return push(shape, value, needs_grad && grad_enabled_, nullptr, false);
+  }
+
+  Node& checked(const Var<T>& var) {
+    return const_cast<Node&>(static_cast<const Tape&>(*this).checked(var));
+  }
+  const Node& checked(const Var<T>& var) const {
+    if (var.tape_ != this) {
+      throw std::invalid_argument(var.tape_ == nullptr ? "momnet::Tape: empty Var"
+                                                       : "momnet::Tape: the Var belongs to a different tape");
+    }
+    if (var.index_ >= nodes_.size() || nodes_[var.index_].serial != var.serial_) {
+      throw std::logic_error("momnet::Tape: Var #" + std::to_string(var.index_) +
+                             " was released by Tape::rewind and can no longer be used");
+    }
+    return nodes_[var.index_];
+  }
+
+  void allocate_grad(Node& node) {
+    node.grad = allocate(node.shape.size());
+    array_view(node.grad, node.shape.size()).setZero();
+  }
+
+  void seed_and_walk(const Var<T>& output, const T* seed, std::size_t floor) {
+    T* grad = gradient_for(output);
+    array_view(grad, checked(output).shape.size()) +=
+        array_view(seed, checked(output).shape.size());
+    for (std::size_t i = output.index_ + 1; i-- > floor;) {
+      // Copy out before running: a step may record nodes (nested scopes) and
+      // reallocate the node list.
+      Step* step = nodes_[i].step;
+      const T* node_grad = nodes_[i].grad;
+      if (step != nullptr && node_grad != nullptr) step->run(node_grad);
+    }
+  }
+
+  void destroy_steps(std::size_t from) noexcept {
+    for (std::size_t i = nodes_.size(); i-- > from;) {
+      if (nodes_[i].destroy_step) nodes_[i].step->~Step();
+    }
+  }
+
+  std::unique_ptr<MemoryCounter> owned_counter_;
+  MemoryCounter* counter_;
+  Arena arena_;
+  std::vector<Node, CountingAllocator<Node>> nodes_;
+  std::uint64_t serial_ = 0;
+  std::size_t grad_floor_ = 0;
+  bool grad_enabled_ = true;
+};
+
+// Releases everything recorded on `tape` during this object's lifetime.
+template <class T>
+class TapeScope {
+ public:
+  explicit TapeScope(Tape<T>& tape) : tape_(tape), mark_(tape.mark()) {}
+  TapeScope(const TapeScope&) = delete;
+  TapeScope& operator=(const TapeScope&) = delete;
+  ~TapeScope() {
+    if (mark_.nodes <= tape_.size()) tape_.rewind(mark_);
+  }
+  const typename Tape<T>::Mark& mark() const noexcept { return mark_; }
+
+ private:
+  Tape<T>& tape_;
+  typename Tape<T>::Mark mark_;
+};
+
+}  // namespace momnet
