@@ -104,12 +104,16 @@ class Tape {
     bool previous_;
   };
 
-  // A tape with its own memory counter.
-  Tape() : owned_counter_(std::make_unique<MemoryCounter>()), counter_(owned_counter_.get()),
-           arena_(*counter_), nodes_(CountingAllocator<Node>(*counter_)) {}
+  static constexpr std::size_t default_chunk_bytes = std::size_t{1} << 20;
+
+  // A tape with its own memory counter. The arena takes memory in chunks of
+  // `chunk_bytes` (larger values get a chunk of their own).
+  explicit Tape(std::size_t chunk_bytes = default_chunk_bytes)
+      : owned_counter_(std::make_unique<MemoryCounter>()), counter_(owned_counter_.get()),
+        arena_(*counter_, chunk_bytes), nodes_(CountingAllocator<Node>(*counter_)) {}
   // A tape that counts its memory into `counter` (which must outlive it).
-  explicit Tape(MemoryCounter& counter)
-      : counter_(&counter), arena_(counter), nodes_(CountingAllocator<Node>(counter)) {}
+  explicit Tape(MemoryCounter& counter, std::size_t chunk_bytes = default_chunk_bytes)
+      : counter_(&counter), arena_(counter, chunk_bytes), nodes_(CountingAllocator<Node>(counter)) {}
   Tape(const Tape&) = delete;
   Tape& operator=(const Tape&) = delete;
   ~Tape() { destroy_steps(0); }
@@ -123,18 +127,22 @@ class Tape {
   // ---- leaves ---------------------------------------------------------------
 
   // A value that receives no gradient (copied onto the tape).
-  Var<T> constant(const Shape& shape, const T* data) { return leaf(shape, data, false); }
+  Var<T> constant(const Shape& shape, const T* data) { return copied_leaf(shape, data, false); }
   // A value whose gradient is wanted (copied onto the tape).
-  Var<T> variable(const Shape& shape, const T* data) { return leaf(shape, data, true); }
-  Var<T> constant(const Tensor<T>& tensor) { return leaf(tensor.shape(), tensor.data(), false); }
-  Var<T> variable(const Tensor<T>& tensor) { return leaf(tensor.shape(), tensor.data(), true); }
+  Var<T> variable(const Shape& shape, const T* data) { return copied_leaf(shape, data, true); }
+  Var<T> constant(const Tensor<T>& tensor) { return copied_leaf(tensor.shape(), tensor.data(), false); }
+  Var<T> variable(const Tensor<T>& tensor) { return copied_leaf(tensor.shape(), tensor.data(), true); }
   template <class Derived>
   Var<T> constant(const Eigen::DenseBase<Derived>& values) {
-    return leaf(values, false);
+    return copied_leaf(values, false);
   }
   template <class Derived>
   Var<T> variable(const Eigen::DenseBase<Derived>& values) {
-    return leaf(values, true);
+    return copied_leaf(values, true);
+  }
+  // A leaf over `storage` from allocate(), without a copy.
+  Var<T> leaf(const Shape& shape, T* storage, bool requires_grad) {
+    return push(shape, storage, requires_grad && grad_enabled_, nullptr, false);
   }
   // A value filled with `fill`.
   Var<T> filled(const Shape& shape, T fill) {
@@ -182,7 +190,14 @@ class Tape {
     if (grad_enabled_) {
       for (std::size_t i = 0; i < input_count; ++i) needs = needs || requires_grad(inputs[i]);
     }
-    if (!needs) return push(shape, value, false, nullptr, false);
+    return record_node(shape, value, needs, std::forward<Backward>(backward));
+  }
+
+  // As record(), with the caller deciding whether the node needs a gradient
+  // (an operation whose parameters need one even when its inputs do not).
+  template <class Backward>
+  Var<T> record_node(const Shape& shape, T* value, bool requires_grad, Backward&& backward) {
+    if (!requires_grad || !grad_enabled_) return push(shape, value, false, nullptr, false);
     using Step = StepOf<std::decay_t<Backward>>;
     void* place = arena_.allocate(sizeof(Step));
     Step* step = new (place) Step(std::forward<Backward>(backward));
@@ -213,6 +228,9 @@ class Tape {
   const Shape& shape(const Var<T>& var) const { return checked(var).shape; }
   const T* value_data(const Var<T>& var) const { return checked(var).value; }
   bool requires_grad(const Var<T>& var) const { return checked(var).requires_grad; }
+  // The gradient buffer of `var` if one exists, else nullptr (no allocation).
+  const T* gradient_if_any(const Var<T>& var) const { return checked(var).grad; }
+
   const T* gradient_data(const Var<T>& var) {
     if (!checked(var).requires_grad) {
       throw std::logic_error("momnet::Var::grad: this Var does not require a gradient");
@@ -332,13 +350,13 @@ class Tape {
     return Var<T>(this, nodes_.size() - 1, serial_);
   }
 
-  Var<T> leaf(const Shape& shape, const T* data, bool needs_grad) {
+  Var<T> copied_leaf(const Shape& shape, const T* data, bool needs_grad) {
     T* value = allocate(shape.size());
     if (shape.size() != 0) std::copy(data, data + shape.size(), value);
     return push(shape, value, needs_grad && grad_enabled_, nullptr, false);
   }
   template <class Derived>
-  Var<T> leaf(const Eigen::DenseBase<Derived>& values, bool needs_grad) {
+  Var<T> copied_leaf(const Eigen::DenseBase<Derived>& values, bool needs_grad) {
     const Shape shape{values.rows(), values.cols()};
     T* value = allocate(shape.size());
     matrix_view(value, shape) = values.template cast<T>();

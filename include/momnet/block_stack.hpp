@@ -1,0 +1,45 @@
+// The blocks of a residual stack: one per layer, or one shared by every
+// layer (weight-tied depth: a single block applied `depth` times, its
+// gradients summed over the layers). Depth is a run-time value, never a type.
+#pragma once
+
+#include <cstddef>
+#include <stdexcept>
+#include <utility>
+#include <vector>
+
+namespace momnet {
+
+template <class Block>
+class BlockStack {
+ public:
+  using Scalar = typename Block::Scalar;
+
+  // One block per layer.
+  explicit BlockStack(std::vector<Block> blocks)
+      : blocks_(std::move(blocks)), depth_(blocks_.size()), tied_(false) {}
+  // One block applied `depth` times.
+  BlockStack(Block block, std::size_t depth) : depth_(depth), tied_(true) {
+    blocks_.push_back(std::move(block));
+  }
+
+  std::size_t depth() const noexcept { return depth_; }
+  bool weight_tied() const noexcept { return tied_; }
+  Block& layer(std::size_t n) { return blocks_[tied_ ? 0 : n]; }
+  const Block& layer(std::size_t n) const { return blocks_[tied_ ? 0 : n]; }
+  // The distinct blocks: depth() of them, or one when weight-tied.
+  std::vector<Block>& blocks() noexcept { return blocks_; }
+  const std::vector<Block>& blocks() const noexcept { return blocks_; }
+
+  template <class Visitor>
+  void visit_parameters(Visitor&& visit) {
+    for (Block& block : blocks_) block.visit_parameters(visit);
+  }
+
+ private:
+  std::vector<Block> blocks_;
+  std::size_t depth_;
+  bool tied_;
+};
+
+}  // namespace momnet

@@ -1,0 +1,372 @@
+// The exactly invertible momentum update on fixed-point state (DESIGN.md §2):
+//
+//   forward  V <- gamma V + round((1 - gamma) f 2^F);  X <- X + V
+//   inverse  X <- X - V;  V <- (V - round((1 - gamma) f 2^F)) / gamma
+//
+// with gamma = p / 2^k. Multiplying V by p / 2^k drops information; the
+// dropped bits go to a per-element "bit store" S, after Maclaurin, Duvenaud
+// and Adams (ICML 2015), so that the product can be undone exactly. We order
+// the two digit moves so that the product stays within one unit of gamma V
+// (the textbook order, push then pop, is off by up to p units, which would
+// cost k bits of resolution):
+//
+//   forward:  d = S mod p, S = floor(S / p)            (pop a digit of radix p)
+//             W = V p + d                              (exactly invertible)
+//             V = floor(W / 2^k), push W mod 2^k:  S = S 2^k + (W mod 2^k)
+//   inverse:  pop r = S mod 2^k, S = floor(S / 2^k);  W = V 2^k + r
+//             V = floor(W / p), push d = W mod p:      S = S p + d
+//
+// with floor division and non-negative remainders throughout, so V is gamma V
+// rounded down after adding d / 2^k < gamma: within one unit of 2^-F.
+// S grows by log2(2^k / p) = log2(1 / gamma) bits per layer. It is a 64-bit
+// hot word per element; before a layer whose push could overflow some element
+// (any S >= p 2^(64-k)), the whole hot array is spilled to a stack and
+// cleared. The decision is made once per layer for the whole tensor in the
+// forward pass and recorded; the inverse replays the record and never
+// re-decides from values.
+//
+// Memory: the store holds at most 1 + floor((N - 1) / L) words per element
+// after N layers, where g = 2^k / p and L = ceil(log_g(1 + (2^k - p)
+// 2^(64-k) / (2^k - 1))) is the fewest layers between two spills
+// (bit_store_words_per_element()). For gamma = 0.9 and k = 16, L = 294: about
+// 0.027 bytes per element per layer, against 4 (float) or 8 (double) for
+// storing the activation.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include <Eigen/Core>
+
+#include "momnet/fixed_point.hpp"
+#include "momnet/memory.hpp"
+
+namespace momnet {
+
+// The fewest layers between two spills of the bit store (0: never spills).
+// After j layers from an empty store, S < (2^k - 1)(g^j - 1) / (g - 1); a spill
+// is needed only once S reaches p 2^(64-k).
+inline std::size_t bit_store_layers_per_spill(const RationalGamma& gamma) {
+  if (gamma.numerator() >= gamma.denominator()) return 0;  // gamma = 1: S never grows
+  if (gamma.numerator() == 0) return 1;
+  const double p = static_cast<double>(gamma.numerator());
+  const double two_k = static_cast<double>(gamma.denominator());
+  const double log2_g = std::log2(two_k) - std::log2(p);
+  // log2(1 + A) with A = (2^k - p) 2^(64-k) / (2^k - 1), as log2(A) + log2(1 + 1/A).
+  const double log2_a = std::log2(two_k - p) + (64 - gamma.bits()) - std::log2(two_k - 1.0);
+  const double layers = (log2_a + std::log2(1.0 + std::exp2(-log2_a))) / log2_g;
+  // L = ceil(layers): the largest j with g^j < 1 + A is ceil(layers) - 1, and
+  // the layer after a spill counts too. Shaved by a relative 1e-12 so that
+  // rounding in the logarithms can only make the bound more conservative.
+  const double shaved = std::ceil(layers * (1.0 - 1e-12));
+  return shaved < 1.0 ? 1 : static_cast<std::size_t>(shaved);
+}
+
+// Upper bound on the bit store's 64-bit words per element after `depth` layers.
+inline std::size_t bit_store_words_per_element(std::size_t depth, const RationalGamma& gamma) {
+  const std::size_t layers = bit_store_layers_per_spill(gamma);
+  if (layers == 0 || depth == 0) return 1;
+  return 1 + (depth - 1) / layers;
+}
+
+// Upper bound on the bit store's bytes for `elements` values over `depth` layers.
+inline std::size_t bit_store_bytes_bound(std::size_t elements, std::size_t depth,
+                                         const RationalGamma& gamma) {
+  return bit_store_words_per_element(depth, gamma) * round_up_to_alignment(elements * 8);
+}
+
+// Thrown when a backward pass does not rebuild the forward's state bit for bit.
+class ReconstructionError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+// Fixed-point momentum state (X, V) of `elements` values with its bit store.
+// Values of the block's scalar type T go in (f) and come out (x, v).
+template <class T>
+class ExactMomentum {
+ public:
+  struct Spill {
+    std::size_t layer;
+    Buffer<std::uint64_t> words;
+  };
+  using SpillStack = std::vector<Spill, CountingAllocator<Spill>>;
+
+  ExactMomentum(Eigen::Index elements, const FixedPointFormat& format, const RationalGamma& gamma,
+                MemoryCounter& counter)
+      : elements_(elements),
+        format_(format),
+        gamma_(gamma),
+        divider_(gamma.numerator() == 0 ? 1 : gamma.numerator()),
+        counter_(&counter),
+        x_(static_cast<std::size_t>(elements), &counter),
+        v_(static_cast<std::size_t>(elements), &counter),
+        store_(static_cast<std::size_t>(elements), &counter),
+        spills_(CountingAllocator<Spill>(counter)) {}
+
+  // A copy of the state to run backwards, reading (never consuming) this
+  // state's spills, which must outlive the copy.
+  ExactMomentum rewinding_copy() const {
+    ExactMomentum copy(elements_, format_, gamma_, *counter_);
+    std::memcpy(copy.x_.data(), x_.data(), bytes());
+    std::memcpy(copy.v_.data(), v_.data(), bytes());
+    std::memcpy(copy.store_.data(), store_.data(), bytes());
+    copy.spill_source_ = &spills_;
+    copy.spill_cursor_ = spills_.size();
+    return copy;
+  }
+
+  Eigen::Index elements() const noexcept { return elements_; }
+  const std::int64_t* x() const noexcept { return x_.data(); }
+  const std::int64_t* v() const noexcept { return v_.data(); }
+  std::size_t spill_count() const noexcept { return spills_.size(); }
+  // Bytes held by the bit store: the hot words and every spilled array.
+  std::size_t store_bytes() const noexcept {
+    std::size_t total = store_.bytes();
+    for (const Spill& spill : spills_) total += spill.words.bytes();
+    return total;
+  }
+
+  // X = round(x 2^F) and V = round(v 2^F) (or 0); an empty store.
+  void load(const T* x, const T* v) {
+    to_fixed(x, x_.data(), "the input x");
+    if (v != nullptr) {
+      to_fixed(v, v_.data(), "the initial velocity");
+    } else {
+      std::memset(v_.data(), 0, bytes());
+    }
+    std::memset(store_.data(), 0, bytes());
+    spills_.clear();
+    spill_source_ = nullptr;
+    spill_cursor_ = 0;
+    spill_pending_ = false;
+  }
+
+  void read_x(T* out) const { to_real(x_.data(), out); }
+  void read_v(T* out) const { to_real(v_.data(), out); }
+
+  // One forward layer given f = f_n(x_n).
+  void step(const T* f, std::size_t layer) {
+    if (gamma_.numerator() != 0 && spill_pending_) spill(layer);
+    const int k = gamma_.bits();
+    const std::uint64_t mask = gamma_.denominator() - 1;
+    const std::uint64_t p = gamma_.numerator();
+    const std::int64_t signed_p = static_cast<std::int64_t>(p);
+    const std::uint64_t spill_limit = spill_threshold();
+    const double c = increment_scale();
+    std::int64_t* X = x_.data();
+    std::int64_t* V = v_.data();
+    std::uint64_t* S = store_.data();
+    bool bad = false, spill_next = false;
+    for (Eigen::Index i = 0; i < elements_; ++i) {
+      std::uint64_t scaled = 0;  // gamma V, as an integer
+      if (p != 0) {
+        const std::uint64_t s = S[i];
+        const std::uint64_t popped = divider_.quotient(s);
+        const std::uint64_t digit = s - popped * p;
+        // W = V p + d computed in two halves so that nothing exceeds 64 bits:
+        // V = high 2^k + low, W = high p 2^k + (low p + d).
+        const std::int64_t value = V[i];
+        const std::uint64_t low = (static_cast<std::uint64_t>(value) & mask) * p + digit;
+        scaled = static_cast<std::uint64_t>((value >> k) * signed_p) + (low >> k);
+        const std::uint64_t pushed = (popped << k) | (low & mask);
+        S[i] = pushed;
+        spill_next |= pushed >= spill_limit;
+      }
+      const double y = static_cast<double>(f[i]) * c;
+      const bool representable = std::abs(y) < limit_as_double;
+      bad |= !representable;
+      const std::uint64_t v = scaled + static_cast<std::uint64_t>(round_to_int(representable ? y : 0.0));
+      const std::uint64_t x = static_cast<std::uint64_t>(X[i]) + v;
+      bad |= !fixed_in_range(v) || !fixed_in_range(x);
+      V[i] = static_cast<std::int64_t>(v);
+      X[i] = static_cast<std::int64_t>(x);
+    }
+    spill_pending_ = spill_next;
+    if (bad) report_forward_failure(f, layer);
+  }
+
+  // First half of inverting layer n: X_n = X_{n+1} - V_{n+1}.
+  void unstep_position() noexcept {
+    std::int64_t* X = x_.data();
+    const std::int64_t* V = v_.data();
+    for (Eigen::Index i = 0; i < elements_; ++i) {
+      X[i] = static_cast<std::int64_t>(static_cast<std::uint64_t>(X[i]) - static_cast<std::uint64_t>(V[i]));
+    }
+  }
+
+  // Second half, given f = f_n(x_n) rebuilt bit for bit: V_n.
+  void unstep_velocity(const T* f, std::size_t layer) {
+    if (gamma_.numerator() == 0) {
+      throw std::logic_error("momnet::ExactMomentum: gamma = 0 has no inverse");
+    }
+    const int k = gamma_.bits();
+    const std::uint64_t mask = gamma_.denominator() - 1;
+    const std::uint64_t p = gamma_.numerator();
+    // V + bias is non-negative for |V| < 2^62, so floor division of the signed V
+    // by p is an unsigned division followed by subtracting bias / p.
+    const std::uint64_t bias_quotient = ((std::uint64_t{1} << 62) + p - 1) / p;
+    const std::uint64_t bias = bias_quotient * p;
+    const double c = increment_scale();
+    std::int64_t* V = v_.data();
+    std::uint64_t* S = store_.data();
+    bool bad = false;
+    for (Eigen::Index i = 0; i < elements_; ++i) {
+      const double y = static_cast<double>(f[i]) * c;
+      const bool representable = std::abs(y) < limit_as_double;
+      bad |= !representable;
+      // gamma V_n, as the forward left it
+      const std::uint64_t scaled =
+          static_cast<std::uint64_t>(V[i]) - static_cast<std::uint64_t>(round_to_int(representable ? y : 0.0));
+      const std::uint64_t s = S[i];
+      const std::uint64_t r = s & mask;  // pop the digit of radix 2^k
+      // W = scaled 2^k + r; V_n = floor(W / p), d = W mod p, in two halves:
+      // scaled = a p + b, so W / p = a 2^k + (b 2^k + r) / p.
+      const std::uint64_t shifted = scaled + bias;
+      const std::uint64_t a = divider_.quotient(shifted);
+      const std::uint64_t b = shifted - a * p;
+      const std::uint64_t t = (b << k) | r;
+      const std::uint64_t c_quotient = divider_.quotient(t);
+      const std::uint64_t digit = t - c_quotient * p;
+      V[i] = static_cast<std::int64_t>(((a - bias_quotient) << k) + c_quotient);
+      S[i] = (s >> k) * p + digit;  // push d, radix p
+    }
+    if (bad) {
+      throw ReconstructionError("momnet::MomentumResidual: layer " + std::to_string(layer) +
+                                ": the rebuilt block output is not finite; the block is not "
+                                "deterministic");
+    }
+    const SpillStack& source = spill_source_ != nullptr ? *spill_source_ : spills_;
+    if (spill_cursor_ > 0 && source[spill_cursor_ - 1].layer == layer) {
+      if (!all_zero(S)) throw_mismatch("the bit store before the spill of layer " + std::to_string(layer));
+      --spill_cursor_;
+      std::memcpy(S, source[spill_cursor_].words.data(), bytes());
+    }
+  }
+
+  // Throws ReconstructionError unless this state is exactly (x, v) with an
+  // empty store: the check that a backward pass rebuilt every layer exactly.
+  void verify_rebuilt(const T* x, const T* v) const {
+    ExactMomentum expected(elements_, format_, gamma_, *counter_);
+    expected.load(x, v);
+    if (std::memcmp(expected.x_.data(), x_.data(), bytes()) != 0) throw_mismatch("x_0");
+    if (std::memcmp(expected.v_.data(), v_.data(), bytes()) != 0) throw_mismatch("v_0");
+    verify_store_empty();
+  }
+
+  // Throws ReconstructionError unless every stored bit has been given back:
+  // an inverse ran through every layer the forward ran, exactly.
+  void verify_store_empty() const {
+    if (!all_zero(store_.data()) || spill_cursor_ != 0) throw_mismatch("the bit store");
+  }
+
+  double increment_scale() const noexcept { return gamma_.complement() * format_.scale(); }
+
+ private:
+  static constexpr double limit_as_double = 4611686018427387904.0;  // 2^62
+
+  static std::int64_t round_to_int(double y) noexcept {
+    return static_cast<std::int64_t>(std::nearbyint(y));
+  }
+
+  std::size_t bytes() const noexcept { return static_cast<std::size_t>(elements_) * 8; }
+
+  // A hot word at or above this could overflow the next layer's push: p 2^(64-k).
+  std::uint64_t spill_threshold() const noexcept {
+    if (gamma_.numerator() >= gamma_.denominator()) return ~std::uint64_t{0};
+    return gamma_.numerator() << (64 - gamma_.bits());
+  }
+
+  bool all_zero(const std::uint64_t* words) const noexcept {
+    std::uint64_t any = 0;
+    for (Eigen::Index i = 0; i < elements_; ++i) any |= words[i];
+    return any == 0;
+  }
+
+  void spill(std::size_t layer) {
+    Spill entry{layer, Buffer<std::uint64_t>(static_cast<std::size_t>(elements_), counter_)};
+    std::memcpy(entry.words.data(), store_.data(), bytes());
+    std::memset(store_.data(), 0, bytes());
+    spills_.push_back(std::move(entry));
+    spill_cursor_ = spills_.size();
+  }
+
+  void to_fixed(const T* real, std::int64_t* out, const char* what) const {
+    const double scale = format_.scale();
+    for (Eigen::Index i = 0; i < elements_; ++i) {
+      const double y = static_cast<double>(real[i]) * scale;
+      if (!(std::abs(y) < limit_as_double)) {
+        std::ostringstream message;
+        message << "momnet::MomentumResidual: " << what << " holds " << real[i] << " at element " << i;
+        if (!std::isfinite(real[i])) throw std::domain_error(message.str());
+        message << ", outside the exact range +-" << format_.range() << " (fraction_bits "
+                << format_.fraction_bits() << ")";
+        throw std::range_error(message.str());
+      }
+      out[i] = round_to_int(y);
+    }
+  }
+
+  void to_real(const std::int64_t* fixed, T* out) const noexcept {
+    const T resolution = static_cast<T>(format_.resolution());
+    for (Eigen::Index i = 0; i < elements_; ++i) out[i] = static_cast<T>(fixed[i]) * resolution;
+  }
+
+  [[noreturn]] void report_forward_failure(const T* f, std::size_t layer) const {
+    std::ostringstream message;
+    message << "momnet::MomentumResidual: layer " << layer << ": ";
+    const double c = increment_scale();
+    for (Eigen::Index i = 0; i < elements_; ++i) {
+      if (!std::isfinite(f[i])) {
+        message << "the block returned " << f[i] << " at element " << i;
+        throw std::domain_error(message.str());
+      }
+      if (!(std::abs(static_cast<double>(f[i]) * c) < limit_as_double)) {
+        message << "the block returned " << f[i] << " at element " << i
+                << ", outside the exact range +-" << format_.range() / gamma_.complement()
+                << " (fraction_bits " << format_.fraction_bits() << ")";
+        throw std::range_error(message.str());
+      }
+    }
+    const double resolution = format_.resolution();
+    for (Eigen::Index i = 0; i < elements_; ++i) {
+      const bool v_bad = !fixed_in_range(static_cast<std::uint64_t>(v_.data()[i]));
+      if (v_bad || !fixed_in_range(static_cast<std::uint64_t>(x_.data()[i]))) {
+        message << (v_bad ? "the velocity" : "the activation") << " at element " << i
+                << " left the exact range +-" << format_.range() << " (fraction_bits "
+                << format_.fraction_bits() << ", value about "
+                << static_cast<double>(v_bad ? v_.data()[i] : x_.data()[i]) * resolution
+                << "); use fewer fraction bits or keep activations smaller";
+        throw std::range_error(message.str());
+      }
+    }
+    throw std::logic_error(message.str() + "unexplained failure");
+  }
+
+  [[noreturn]] void throw_mismatch(const std::string& what) const {
+    throw ReconstructionError(
+        "momnet::MomentumResidual: the exact backward did not rebuild " + what +
+        " bit for bit; a block is not deterministic (randomness without replay, state changed "
+        "between forward and backward, or a different thread count)");
+  }
+
+  Eigen::Index elements_;
+  FixedPointFormat format_;
+  RationalGamma gamma_;
+  ConstantDivider divider_;
+  MemoryCounter* counter_;
+  Buffer<std::int64_t> x_;
+  Buffer<std::int64_t> v_;
+  Buffer<std::uint64_t> store_;
+  SpillStack spills_;
+  const SpillStack* spill_source_ = nullptr;
+  std::size_t spill_cursor_ = 0;
+  bool spill_pending_ = false;
+};
+
+}  // namespace momnet

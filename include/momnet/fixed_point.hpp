@@ -1,0 +1,134 @@
+// The exact arithmetic behind the memory-free backward pass (DESIGN.md §2):
+// signed 64-bit fixed point for activations and velocities, gamma as a
+// rational p / 2^k, and division by the constant p without a hardware divide.
+//
+// Fixed point: a real x is stored as X = round(x * 2^F), F = fraction bits.
+// Integer addition and subtraction are exactly reversible, unlike floating
+// point where (a + b) - b != a. Every stored value is kept inside
+// |X| < 2^62, so a sum of two never overflows; the representable range of
+// a real is therefore |x| < 2^(62 - F), and its resolution 2^-F.
+//
+//   scalar   default F   range        resolution
+//   float    32          +-1.07e9     2.3e-10   (far finer than float's own)
+//   double   44          +-2.6e5      5.7e-14   (about 500 ulp of 1.0)
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <stdexcept>
+#include <string>
+#include <type_traits>
+
+namespace momnet {
+
+// Arithmetic right shift is floor division by 2^k on every compiler momnet
+// supports (C++20 guarantees it; C++17 leaves it to the implementation).
+static_assert((std::int64_t{-3} >> 1) == -2, "momnet needs arithmetic right shift");
+
+template <class T>
+constexpr int default_fraction_bits() {
+  static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>);
+  return std::is_same_v<T, float> ? 32 : 44;
+}
+
+// |X| must stay below this so that X + Y never overflows.
+inline constexpr std::int64_t fixed_point_limit = std::int64_t{1} << 62;
+
+// True when v lies in (-2^62, 2^62); computed without signed overflow.
+inline bool fixed_in_range(std::uint64_t v) noexcept {
+  return v + static_cast<std::uint64_t>(fixed_point_limit - 1) <
+         static_cast<std::uint64_t>(2 * (fixed_point_limit - 1) + 1);
+}
+
+class FixedPointFormat {
+ public:
+  explicit FixedPointFormat(int fraction_bits) : fraction_bits_(fraction_bits) {
+    if (fraction_bits < 1 || fraction_bits > 60) {
+      throw std::invalid_argument("momnet::FixedPointFormat: fraction_bits must lie in [1, 60], got " +
+                                  std::to_string(fraction_bits));
+    }
+  }
+  int fraction_bits() const noexcept { return fraction_bits_; }
+  double scale() const noexcept { return std::ldexp(1.0, fraction_bits_); }
+  double resolution() const noexcept { return std::ldexp(1.0, -fraction_bits_); }
+  // The largest magnitude a real may take: 2^(62 - F).
+  double range() const noexcept { return std::ldexp(1.0, 62 - fraction_bits_); }
+
+ private:
+  int fraction_bits_;
+};
+
+// gamma rounded to p / 2^k, round to nearest. The same rounded value serves
+// as gamma and (2^k - p) / 2^k as 1 - gamma, forward and backward, so the two
+// always sum to exactly one.
+class RationalGamma {
+ public:
+  RationalGamma(double gamma, int bits) : bits_(bits) {
+    if (bits < 1 || bits > 32) {
+      throw std::invalid_argument("momnet::RationalGamma: gamma_bits must lie in [1, 32], got " +
+                                  std::to_string(bits));
+    }
+    if (!(gamma >= 0.0 && gamma <= 1.0)) {
+      throw std::invalid_argument("momnet::RationalGamma: gamma must lie in [0, 1], got " +
+                                  std::to_string(gamma));
+    }
+    numerator_ = static_cast<std::uint64_t>(std::nearbyint(std::ldexp(gamma, bits)));
+  }
+  std::uint64_t numerator() const noexcept { return numerator_; }      // p
+  int bits() const noexcept { return bits_; }                           // k
+  std::uint64_t denominator() const noexcept { return std::uint64_t{1} << bits_; }
+  double value() const noexcept { return std::ldexp(static_cast<double>(numerator_), -bits_); }
+  double complement() const noexcept {
+    return std::ldexp(static_cast<double>(denominator() - numerator_), -bits_);
+  }
+
+ private:
+  int bits_;
+  std::uint64_t numerator_;
+};
+
+// Unsigned 64-bit division by a run-time constant d >= 1 through a multiply
+// and shifts (Granlund and Montgomery, PLDI 1994, figure 4.1): a hardware
+// 64-bit divide costs tens of cycles and the bit store divides every element
+// of every layer twice.
+class ConstantDivider {
+#if defined(__SIZEOF_INT128__)
+  __extension__ typedef unsigned __int128 wide;  // __extension__: a GNU type, quiet under -Wpedantic
+#endif
+
+ public:
+  explicit ConstantDivider(std::uint64_t divisor) : divisor_(divisor) {
+    if (divisor == 0) throw std::invalid_argument("momnet::ConstantDivider: division by zero");
+#if defined(__SIZEOF_INT128__)
+    int l = 0;
+    while (l < 64 && (std::uint64_t{1} << l) < divisor) ++l;  // l = ceil(log2 d)
+    const wide two_l = static_cast<wide>(1) << l;
+    multiplier_ = static_cast<std::uint64_t>(((two_l - divisor) << 64) / divisor + 1);
+    shift1_ = l < 1 ? l : 1;
+    shift2_ = l > 1 ? l - 1 : 0;
+#endif
+  }
+
+  std::uint64_t divisor() const noexcept { return divisor_; }
+
+  std::uint64_t quotient(std::uint64_t n) const noexcept {
+#if defined(__SIZEOF_INT128__)
+    const std::uint64_t t =
+        static_cast<std::uint64_t>((static_cast<wide>(multiplier_) * n) >> 64);
+    return (t + ((n - t) >> shift1_)) >> shift2_;
+#else
+    return n / divisor_;
+#endif
+  }
+
+ private:
+  std::uint64_t divisor_;
+#if defined(__SIZEOF_INT128__)
+  std::uint64_t multiplier_ = 0;
+  int shift1_ = 0;
+  int shift2_ = 0;
+#endif
+};
+
+}  // namespace momnet

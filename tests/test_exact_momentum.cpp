@@ -1,0 +1,179 @@
+// The exact arithmetic on its own: the constant divider, gamma as a
+// rational, fixed-point conversion, and the bit store's inverse and memory.
+#include <catch2/catch.hpp>
+
+#include <momnet/exact_momentum.hpp>
+#include <momnet/fixed_point.hpp>
+#include <momnet/random.hpp>
+
+#include <cstdint>
+#include <vector>
+
+using namespace momnet;
+
+TEST_CASE("ConstantDivider agrees with hardware division", "[exact]") {
+  Rng rng(11);
+  std::vector<std::uint64_t> divisors = {1, 2, 3, 5, 7, 10, 641, 32768, 58982, 64881, 65535, 65536,
+                                         (std::uint64_t{1} << 32) - 1, std::uint64_t{1} << 32};
+  for (int i = 0; i < 50; ++i) divisors.push_back(1 + rng.next() % (std::uint64_t{1} << 32));
+  for (std::uint64_t d : divisors) {
+    const ConstantDivider divider(d);
+    std::vector<std::uint64_t> numerators = {0, 1, d - 1, d, d + 1, ~std::uint64_t{0},
+                                             ~std::uint64_t{0} - 1, std::uint64_t{1} << 63};
+    for (int j = 0; j < 2000; ++j) numerators.push_back(rng.next() >> (j % 64));
+    for (std::uint64_t n : numerators) {
+      INFO("n = " << n << ", d = " << d);
+      REQUIRE(divider.quotient(n) == n / d);
+    }
+  }
+  REQUIRE_THROWS_WITH(ConstantDivider(0), Catch::Contains("division by zero"));
+}
+
+TEST_CASE("RationalGamma rounds to the nearest p / 2^k and validates", "[exact]") {
+  const RationalGamma g(0.9, 16);
+  CHECK(g.numerator() == 58982);  // 0.9 * 65536 = 58982.4
+  CHECK(g.denominator() == 65536);
+  CHECK(g.value() + g.complement() == 1.0);
+  CHECK(RationalGamma(0.5, 16).numerator() == 32768);
+  CHECK(RationalGamma(1.0, 16).numerator() == 65536);
+  CHECK(RationalGamma(0.0, 16).numerator() == 0);
+  REQUIRE_THROWS_WITH(RationalGamma(1.5, 16), Catch::Contains("gamma must lie in [0, 1], got 1.5"));
+  REQUIRE_THROWS_WITH(RationalGamma(-0.1, 16), Catch::Contains("gamma must lie in [0, 1]"));
+  REQUIRE_THROWS_WITH(RationalGamma(std::nan(""), 16), Catch::Contains("gamma must lie in [0, 1]"));
+  REQUIRE_THROWS_WITH(RationalGamma(0.9, 0), Catch::Contains("gamma_bits must lie in [1, 32], got 0"));
+  REQUIRE_THROWS_WITH(RationalGamma(0.9, 40), Catch::Contains("gamma_bits must lie in [1, 32], got 40"));
+  REQUIRE_THROWS_WITH(FixedPointFormat(61), Catch::Contains("fraction_bits must lie in [1, 60], got 61"));
+}
+
+TEST_CASE("FixedPointFormat states the range and resolution", "[exact]") {
+  const FixedPointFormat f(default_fraction_bits<float>());
+  CHECK(f.fraction_bits() == 32);
+  CHECK(f.range() == std::ldexp(1.0, 30));
+  CHECK(f.resolution() == std::ldexp(1.0, -32));
+  CHECK(default_fraction_bits<double>() == 44);
+}
+
+// Steps a state through `depth` layers with pseudo-random increments f, then
+// undoes them; every (X, V) on the way back must equal the forward's.
+template <class T>
+void round_trip(double gamma, std::size_t depth, Eigen::Index elements) {
+  MemoryCounter counter;
+  const RationalGamma g(gamma, 16);
+  ExactMomentum<T> state(elements, FixedPointFormat(default_fraction_bits<T>()), g, counter);
+  Rng rng(5);
+  std::vector<T> x0(static_cast<std::size_t>(elements)), f(x0.size());
+  for (T& value : x0) value = static_cast<T>(rng.uniform(-2, 2));
+  state.load(x0.data(), nullptr);
+  std::vector<std::vector<std::int64_t>> xs, vs;
+  std::vector<std::vector<T>> fs;
+  for (std::size_t n = 0; n < depth; ++n) {
+    xs.emplace_back(state.x(), state.x() + elements);
+    vs.emplace_back(state.v(), state.v() + elements);
+    for (T& value : f) value = static_cast<T>(rng.uniform(-1, 1));
+    fs.push_back(f);
+    state.step(f.data(), n);
+  }
+  ExactMomentum<T> back = state.rewinding_copy();
+  for (std::size_t n = depth; n-- > 0;) {
+    back.unstep_position();
+    back.unstep_velocity(fs[n].data(), n);
+    REQUIRE(std::equal(xs[n].begin(), xs[n].end(), back.x()));
+    REQUIRE(std::equal(vs[n].begin(), vs[n].end(), back.v()));
+  }
+  REQUIRE_NOTHROW(back.verify_rebuilt(x0.data(), nullptr));
+  // The spills happened, and no more of them than the documented bound allows.
+  const std::size_t bound_words = bit_store_words_per_element(depth, g);
+  CHECK(1 + state.spill_count() <= bound_words);
+  CHECK(state.store_bytes() <= bit_store_bytes_bound(static_cast<std::size_t>(elements), depth, g));
+}
+
+TEST_CASE("The bit store inverts every layer exactly, through its spills", "[exact]") {
+  for (double gamma : {0.01, 0.5, 0.9, 0.99, 1.0}) {
+    INFO("gamma " << gamma);
+    round_trip<float>(gamma, 700, 33);
+    round_trip<double>(gamma, 700, 33);
+  }
+}
+
+TEST_CASE("The bit-store bound is tight: within 10% of the spills a real run makes", "[exact]") {
+  // gamma = 0.9, k = 16: g = 65536 / 58982, at least L = 294 layers between spills.
+  const RationalGamma g(0.9, 16);
+  CHECK(bit_store_layers_per_spill(g) == 294);
+  CHECK(bit_store_words_per_element(1, g) == 1);
+  CHECK(bit_store_words_per_element(294, g) == 1);
+  CHECK(bit_store_words_per_element(295, g) == 2);
+  CHECK(bit_store_layers_per_spill(RationalGamma(1.0, 16)) == 0);  // never spills
+  MemoryCounter counter;
+  const Eigen::Index elements = 4096;
+  const std::size_t depth = 3000;
+  ExactMomentum<float> state(elements, FixedPointFormat(32), g, counter);
+  std::vector<float> x(static_cast<std::size_t>(elements), 0.5f), f(x.size());
+  state.load(x.data(), nullptr);
+  Rng rng(9);
+  for (std::size_t n = 0; n < depth; ++n) {
+    for (float& value : f) value = static_cast<float>(rng.uniform(-1, 1));
+    state.step(f.data(), n);
+  }
+  const double bound = static_cast<double>(bit_store_words_per_element(depth, g));
+  const double used = static_cast<double>(1 + state.spill_count());
+  INFO("words per element: used " << used << ", bound " << bound);
+  CHECK(used <= bound);
+  CHECK(used >= 0.9 * bound);
+}
+
+TEST_CASE("A non-deterministic rebuild is detected, not returned", "[exact]") {
+  MemoryCounter counter;
+  ExactMomentum<double> state(4, FixedPointFormat(44), RationalGamma(0.9, 16), counter);
+  const double x0[4] = {0.1, 0.2, 0.3, 0.4};
+  double f[4] = {0.5, -0.5, 0.25, 1.0};
+  state.load(x0, nullptr);
+  state.step(f, 0);
+  ExactMomentum<double> back = state.rewinding_copy();
+  back.unstep_position();
+  f[2] += 1e-9;  // the block "returned" something else on the way back
+  back.unstep_velocity(f, 0);
+  REQUIRE_THROWS_AS(back.verify_rebuilt(x0, nullptr), ReconstructionError);
+  REQUIRE_THROWS_WITH(back.verify_rebuilt(x0, nullptr), Catch::Contains("did not rebuild"));
+}
+
+TEST_CASE("Inputs outside the fixed-point range or not finite are rejected", "[exact]") {
+  MemoryCounter counter;
+  ExactMomentum<float> state(2, FixedPointFormat(32), RationalGamma(0.9, 16), counter);
+  const float huge[2] = {0.0f, 2e9f};
+  REQUIRE_THROWS_AS(state.load(huge, nullptr), std::range_error);
+  REQUIRE_THROWS_WITH(state.load(huge, nullptr),
+                      Catch::Contains("the input x holds 2e+09 at element 1") && Catch::Contains("exact range"));
+  const float nan[2] = {std::nanf(""), 0.0f};
+  REQUIRE_THROWS_AS(state.load(nan, nullptr), std::domain_error);
+  REQUIRE_THROWS_WITH(state.load(nan, nullptr), Catch::Contains("nan at element 0"));
+  const float ok[2] = {1.0f, 2.0f};
+  const float inf_v[2] = {0.0f, INFINITY};
+  REQUIRE_THROWS_WITH(state.load(ok, inf_v), Catch::Contains("the initial velocity holds inf at element 1"));
+  state.load(ok, nullptr);
+  const float bad_f[2] = {0.0f, std::nanf("")};
+  REQUIRE_THROWS_AS(state.step(bad_f, 7), std::domain_error);
+  state.load(ok, nullptr);
+  REQUIRE_THROWS_WITH(state.step(bad_f, 7), Catch::Contains("layer 7: the block returned nan at element 1"));
+  state.load(ok, nullptr);
+  const float big_f[2] = {1e12f, 0.0f};
+  REQUIRE_THROWS_AS(state.step(big_f, 3), std::range_error);
+  state.load(ok, nullptr);
+  REQUIRE_THROWS_WITH(state.step(big_f, 3), Catch::Contains("layer 3: the block returned 1e+12 at element 0"));
+}
+
+TEST_CASE("Velocity growing out of range names the layer", "[exact]") {
+  MemoryCounter counter;
+  // F = 60 leaves a range of +-4: a few layers of f = 1 overflow the velocity or x.
+  ExactMomentum<double> state(1, FixedPointFormat(60), RationalGamma(0.5, 16), counter);
+  const double x0[1] = {0.0};
+  const double f[1] = {3.9};
+  state.load(x0, nullptr);
+  std::size_t layer = 0;
+  try {
+    for (; layer < 10; ++layer) state.step(f, layer);
+    FAIL("no range error");
+  } catch (const std::range_error& e) {
+    CHECK_THAT(e.what(), Catch::Contains("layer " + std::to_string(layer) + ": the activation") &&
+                             Catch::Contains("left the exact range +-4"));
+  }
+}
