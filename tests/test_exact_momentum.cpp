@@ -6,6 +6,7 @@
 #include <momnet/fixed_point.hpp>
 #include <momnet/random.hpp>
 
+#include <algorithm>
 #include <cstdint>
 #include <vector>
 
@@ -16,17 +17,29 @@ TEST_CASE("ConstantDivider agrees with hardware division", "[exact]") {
   std::vector<std::uint64_t> divisors = {1, 2, 3, 5, 7, 10, 641, 32768, 58982, 64881, 65535, 65536,
                                          (std::uint64_t{1} << 32) - 1, std::uint64_t{1} << 32};
   for (int i = 0; i < 50; ++i) divisors.push_back(1 + rng.next() % (std::uint64_t{1} << 32));
+  const std::uint64_t max = ~std::uint64_t{0};
   for (std::uint64_t d : divisors) {
     const ConstantDivider divider(d);
-    std::vector<std::uint64_t> numerators = {0, 1, d - 1, d, d + 1, ~std::uint64_t{0},
-                                             ~std::uint64_t{0} - 1, std::uint64_t{1} << 63};
-    for (int j = 0; j < 2000; ++j) numerators.push_back(rng.next() >> (j % 64));
+    // The domain: quotients up to 2^63.
+    const std::uint64_t largest = d >= 2 ? max : std::uint64_t{1} << 63;
+    std::vector<std::uint64_t> numerators = {0, 1, d - 1, d, d + 1, largest, largest - 1, largest - d,
+                                             std::uint64_t{1} << 62, (std::uint64_t{1} << 62) + d - 1};
+    for (int j = 0; j < 3000; ++j) numerators.push_back(std::min(largest, rng.next() >> (j % 64)));
+    // Multiples of d and their neighbours, where rounding is most delicate.
+    for (int j = 0; j < 300; ++j) {
+      const std::uint64_t q = rng.next() >> (1 + j % 63);
+      if (q > largest / d) continue;
+      numerators.push_back(q * d);
+      if (q * d > 0) numerators.push_back(q * d - 1);
+      if (q * d < largest) numerators.push_back(q * d + 1);
+    }
     for (std::uint64_t n : numerators) {
       INFO("n = " << n << ", d = " << d);
       REQUIRE(divider.quotient(n) == n / d);
     }
   }
-  REQUIRE_THROWS_WITH(ConstantDivider(0), Catch::Contains("division by zero"));
+  REQUIRE_THROWS_WITH(ConstantDivider(0), Catch::Contains("the divisor must lie in [1, 2^32], got 0"));
+  REQUIRE_THROWS_WITH(ConstantDivider((std::uint64_t{1} << 32) + 1), Catch::Contains("got 4294967297"));
 }
 
 TEST_CASE("RationalGamma rounds to the nearest p / 2^k and validates", "[exact]") {

@@ -5,51 +5,17 @@
 
 #include <momnet/momnet.hpp>
 
+#include "helpers.hpp"
+
 #include <cmath>
 #include <cstdint>
 #include <vector>
 
 using namespace momnet;
 
+using namespace momnet_test;
+
 namespace {
-
-template <class T>
-using Mat = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>;
-
-template <class T>
-Mat<T> random_input(Eigen::Index rows, Eigen::Index cols, std::uint64_t seed, double scale = 1.0) {
-  Rng rng(seed);
-  Mat<T> m(rows, cols);
-  for (Eigen::Index i = 0; i < m.size(); ++i) m.data()[i] = static_cast<T>(rng.uniform(-scale, scale));
-  return m;
-}
-
-template <class T>
-std::vector<MLPBlock<T>> mlp_blocks(std::size_t count, Eigen::Index dim, Eigen::Index hidden, std::uint64_t seed,
-                                    ActivationKind activation = ActivationKind::tanh) {
-  Rng rng(seed);
-  std::vector<MLPBlock<T>> blocks;
-  for (std::size_t i = 0; i < count; ++i) blocks.emplace_back(dim, hidden, rng, activation);
-  return blocks;
-}
-
-// The exact forward pass rounds to 2^-44 in double, which puts about 5e-13
-// of noise into each loss the finite differences take: a step of 1e-4 and a
-// tolerance of 1e-5 keep that noise out, while a wrong reverse rule gives
-// errors of order 1e-2 and more.
-GradientCheckOptions quantized_check() {
-  GradientCheckOptions options;
-  options.step = 1e-4;
-  options.tolerance = 1e-5;
-  return options;
-}
-
-MomentumOptions options_for(double gamma, BackwardMode mode) {
-  MomentumOptions options;
-  options.gamma = gamma;
-  options.mode = mode;
-  return options;
-}
 
 // Every parameter gradient of `model`, then the input gradient, after one
 // backward pass of mean(x_N^2) from a fresh tape.
@@ -77,31 +43,6 @@ double relative_error(const std::vector<T>& a, const std::vector<T>& b) {
   return difference / scale;
 }
 
-// Records the fixed-point state of every layer in both passes.
-struct StateLog {
-  std::vector<std::vector<std::int64_t>> forward, backward;
-  std::size_t backward_layers_seen = 0;
-  bool order_ok = true;
-
-  template <class T>
-  void attach(MomentumResidual<MLPBlock<T>>& net) {
-    const std::size_t depth = net.depth();
-    forward.assign(depth, {});
-    backward.assign(depth, {});
-    net.set_observer([this, depth](const LayerEvent<T>& e) {
-      std::vector<std::int64_t> words(e.x_fixed, e.x_fixed + e.elements);
-      words.insert(words.end(), e.v_fixed, e.v_fixed + e.elements);
-      if (e.phase == LayerEvent<T>::Phase::forward) {
-        forward[e.layer] = std::move(words);
-      } else {
-        order_ok = order_ok && e.layer == depth - 1 - backward_layers_seen;
-        ++backward_layers_seen;
-        backward[e.layer] = std::move(words);
-      }
-    });
-  }
-};
-
 }  // namespace
 
 TEMPLATE_TEST_CASE("Exact backward rebuilds every x_n and v_n bit for bit at depth 10,000", "[momentum][exact]",
@@ -111,21 +52,7 @@ TEMPLATE_TEST_CASE("Exact backward rebuilds every x_n and v_n bit for bit at dep
   for (double gamma : {0.5, 0.9, 0.99}) {
     INFO("gamma " << gamma);
     MomentumResidual<MLPBlock<T>> net(mlp_blocks<T>(1, 4, 8, 3)[0], depth, options_for(gamma, BackwardMode::exact));
-    StateLog log;
-    log.attach(net);
-    Tape<T> tape;
-    const Var<T> x = tape.variable(random_input<T>(2, 4, 17));
-    const MomentumOutput<T> out = net.forward(tape, x);
-    const std::size_t bound = bit_store_words_per_element(depth, net.gamma());
-    CHECK(1 + out.spills <= bound);
-    CHECK(1 + out.spills >= bound - bound / 10);
-    tape.backward(mean(square(out.x)));
-    REQUIRE(log.backward_layers_seen == depth);
-    REQUIRE(log.order_ok);
-    std::size_t mismatches = 0;
-    for (std::size_t n = 0; n < depth; ++n) mismatches += log.forward[n] != log.backward[n];
-    REQUIRE(mismatches == 0);
-    REQUIRE(x.grad().allFinite());
+    require_bitwise_rebuild<T>(net, random_input<T>(2, 4, 17));
   }
 }
 

@@ -152,6 +152,7 @@ class ExactMomentum {
 
   // One forward layer given f = f_n(x_n).
   void step(const T* f, std::size_t layer) {
+    const Eigen::Index n = elements_;  // a local: stores through pointers cannot change it
     if (gamma_.numerator() != 0 && spill_pending_) spill(layer);
     const int k = gamma_.bits();
     const std::uint64_t mask = gamma_.denominator() - 1;
@@ -162,10 +163,22 @@ class ExactMomentum {
     std::int64_t* X = x_.data();
     std::int64_t* V = v_.data();
     std::uint64_t* S = store_.data();
-    bool bad = false, spill_next = false;
-    for (Eigen::Index i = 0; i < elements_; ++i) {
-      std::uint64_t scaled = 0;  // gamma V, as an integer
-      if (p != 0) {
+    // Branch-free loop bodies with | instead of || so that they vectorise.
+    // Flags are 64-bit words, not bools: GCC vectorises no bool reductions.
+    std::uint64_t bad = 0, spill_next = 0;
+    const auto add_increment = [&](Eigen::Index i, std::uint64_t scaled) {
+      const double y = static_cast<double>(f[i]) * c;
+      const bool representable = std::abs(y) < limit_as_double;
+      const std::uint64_t v = scaled + static_cast<std::uint64_t>(round_to_int(representable ? y : 0.0));
+      const std::uint64_t x = static_cast<std::uint64_t>(X[i]) + v;
+      bad |= std::uint64_t{!representable} | std::uint64_t{!fixed_in_range(v)} | std::uint64_t{!fixed_in_range(x)};
+      V[i] = static_cast<std::int64_t>(v);
+      X[i] = static_cast<std::int64_t>(x);
+    };
+    if (p == 0) {  // gamma = 0 (stored mode only): v = (1 - gamma) f
+      for (Eigen::Index i = 0; i < n; ++i) add_increment(i, 0);
+    } else {
+      for (Eigen::Index i = 0; i < n; ++i) {
         const std::uint64_t s = S[i];
         const std::uint64_t popped = divider_.quotient(s);
         const std::uint64_t digit = s - popped * p;
@@ -173,35 +186,29 @@ class ExactMomentum {
         // V = high 2^k + low, W = high p 2^k + (low p + d).
         const std::int64_t value = V[i];
         const std::uint64_t low = (static_cast<std::uint64_t>(value) & mask) * p + digit;
-        scaled = static_cast<std::uint64_t>((value >> k) * signed_p) + (low >> k);
         const std::uint64_t pushed = (popped << k) | (low & mask);
         S[i] = pushed;
-        spill_next |= pushed >= spill_limit;
+        spill_next |= std::uint64_t{pushed >= spill_limit};
+        add_increment(i, static_cast<std::uint64_t>((value >> k) * signed_p) + (low >> k));
       }
-      const double y = static_cast<double>(f[i]) * c;
-      const bool representable = std::abs(y) < limit_as_double;
-      bad |= !representable;
-      const std::uint64_t v = scaled + static_cast<std::uint64_t>(round_to_int(representable ? y : 0.0));
-      const std::uint64_t x = static_cast<std::uint64_t>(X[i]) + v;
-      bad |= !fixed_in_range(v) || !fixed_in_range(x);
-      V[i] = static_cast<std::int64_t>(v);
-      X[i] = static_cast<std::int64_t>(x);
     }
-    spill_pending_ = spill_next;
-    if (bad) report_forward_failure(f, layer);
+    spill_pending_ = spill_next != 0;
+    if (bad != 0) report_forward_failure(f, layer);
   }
 
   // First half of inverting layer n: X_n = X_{n+1} - V_{n+1}.
   void unstep_position() noexcept {
+    const Eigen::Index n = elements_;  // a local: stores through pointers cannot change it
     std::int64_t* X = x_.data();
     const std::int64_t* V = v_.data();
-    for (Eigen::Index i = 0; i < elements_; ++i) {
+    for (Eigen::Index i = 0; i < n; ++i) {
       X[i] = static_cast<std::int64_t>(static_cast<std::uint64_t>(X[i]) - static_cast<std::uint64_t>(V[i]));
     }
   }
 
   // Second half, given f = f_n(x_n) rebuilt bit for bit: V_n.
   void unstep_velocity(const T* f, std::size_t layer) {
+    const Eigen::Index n = elements_;  // a local: stores through pointers cannot change it
     if (gamma_.numerator() == 0) {
       throw std::logic_error("momnet::ExactMomentum: gamma = 0 has no inverse");
     }
@@ -215,12 +222,12 @@ class ExactMomentum {
     const double c = increment_scale();
     std::int64_t* V = v_.data();
     std::uint64_t* S = store_.data();
-    bool bad = false;
-    for (Eigen::Index i = 0; i < elements_; ++i) {
+    std::uint64_t bad = 0;
+    for (Eigen::Index i = 0; i < n; ++i) {
       const double y = static_cast<double>(f[i]) * c;
       const bool representable = std::abs(y) < limit_as_double;
-      bad |= !representable;
-      // gamma V_n, as the forward left it
+      bad |= std::uint64_t{!representable};
+      // gamma V_n as the forward left it
       const std::uint64_t scaled =
           static_cast<std::uint64_t>(V[i]) - static_cast<std::uint64_t>(round_to_int(representable ? y : 0.0));
       const std::uint64_t s = S[i];
@@ -236,7 +243,7 @@ class ExactMomentum {
       V[i] = static_cast<std::int64_t>(((a - bias_quotient) << k) + c_quotient);
       S[i] = (s >> k) * p + digit;  // push d, radix p
     }
-    if (bad) {
+    if (bad != 0) {
       throw ReconstructionError("momnet::MomentumResidual: layer " + std::to_string(layer) +
                                 ": the rebuilt block output is not finite; the block is not "
                                 "deterministic");
@@ -283,8 +290,9 @@ class ExactMomentum {
   }
 
   bool all_zero(const std::uint64_t* words) const noexcept {
+    const Eigen::Index n = elements_;  // a local: stores through pointers cannot change it
     std::uint64_t any = 0;
-    for (Eigen::Index i = 0; i < elements_; ++i) any |= words[i];
+    for (Eigen::Index i = 0; i < n; ++i) any |= words[i];
     return any == 0;
   }
 
@@ -297,8 +305,9 @@ class ExactMomentum {
   }
 
   void to_fixed(const T* real, std::int64_t* out, const char* what) const {
+    const Eigen::Index n = elements_;  // a local: stores through pointers cannot change it
     const double scale = format_.scale();
-    for (Eigen::Index i = 0; i < elements_; ++i) {
+    for (Eigen::Index i = 0; i < n; ++i) {
       const double y = static_cast<double>(real[i]) * scale;
       if (!(std::abs(y) < limit_as_double)) {
         std::ostringstream message;
@@ -313,15 +322,17 @@ class ExactMomentum {
   }
 
   void to_real(const std::int64_t* fixed, T* out) const noexcept {
+    const Eigen::Index n = elements_;  // a local: stores through pointers cannot change it
     const T resolution = static_cast<T>(format_.resolution());
-    for (Eigen::Index i = 0; i < elements_; ++i) out[i] = static_cast<T>(fixed[i]) * resolution;
+    for (Eigen::Index i = 0; i < n; ++i) out[i] = static_cast<T>(fixed[i]) * resolution;
   }
 
   [[noreturn]] void report_forward_failure(const T* f, std::size_t layer) const {
+    const Eigen::Index n = elements_;  // a local: stores through pointers cannot change it
     std::ostringstream message;
     message << "momnet::MomentumResidual: layer " << layer << ": ";
     const double c = increment_scale();
-    for (Eigen::Index i = 0; i < elements_; ++i) {
+    for (Eigen::Index i = 0; i < n; ++i) {
       if (!std::isfinite(f[i])) {
         message << "the block returned " << f[i] << " at element " << i;
         throw std::domain_error(message.str());
@@ -334,7 +345,7 @@ class ExactMomentum {
       }
     }
     const double resolution = format_.resolution();
-    for (Eigen::Index i = 0; i < elements_; ++i) {
+    for (Eigen::Index i = 0; i < n; ++i) {
       const bool v_bad = !fixed_in_range(static_cast<std::uint64_t>(v_.data()[i]));
       if (v_bad || !fixed_in_range(static_cast<std::uint64_t>(x_.data()[i]))) {
         message << (v_bad ? "the velocity" : "the activation") << " at element " << i

@@ -13,6 +13,7 @@
 //   double   44          +-2.6e5      5.7e-14   (about 500 ulp of 1.0)
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -88,47 +89,47 @@ class RationalGamma {
   std::uint64_t numerator_;
 };
 
-// Unsigned 64-bit division by a run-time constant d >= 1 through a multiply
-// and shifts (Granlund and Montgomery, PLDI 1994, figure 4.1): a hardware
-// 64-bit divide costs tens of cycles and the bit store divides every element
-// of every layer twice.
+// Unsigned 64-bit division by a run-time constant d in [1, 2^32], for
+// quotients up to 2^63: a floating-point estimate from the rounded reciprocal,
+// refined once in floating point and fixed up by one step in integers. The
+// result is the exact floor(n / d) whatever the rounding (the estimate is
+// within 3073 of it, so the remainder stays below 2^44 and converts to double
+// exactly). Unlike a hardware divide or a 64x64->128 multiply, every step has
+// an AVX-512 instruction, so the bit store's loops vectorise.
 class ConstantDivider {
-#if defined(__SIZEOF_INT128__)
-  __extension__ typedef unsigned __int128 wide;  // __extension__: a GNU type, quiet under -Wpedantic
-#endif
-
  public:
-  explicit ConstantDivider(std::uint64_t divisor) : divisor_(divisor) {
-    if (divisor == 0) throw std::invalid_argument("momnet::ConstantDivider: division by zero");
-#if defined(__SIZEOF_INT128__)
-    int l = 0;
-    while (l < 64 && (std::uint64_t{1} << l) < divisor) ++l;  // l = ceil(log2 d)
-    const wide two_l = static_cast<wide>(1) << l;
-    multiplier_ = static_cast<std::uint64_t>(((two_l - divisor) << 64) / divisor + 1);
-    shift1_ = l < 1 ? l : 1;
-    shift2_ = l > 1 ? l - 1 : 0;
-#endif
+  explicit ConstantDivider(std::uint64_t divisor)
+      : divisor_(divisor), inverse_(divisor == 0 ? 0.0 : 1.0 / static_cast<double>(divisor)) {
+    if (divisor == 0 || divisor > (std::uint64_t{1} << 32)) {
+      throw std::invalid_argument("momnet::ConstantDivider: the divisor must lie in [1, 2^32], got " +
+                                  std::to_string(divisor));
+    }
   }
 
   std::uint64_t divisor() const noexcept { return divisor_; }
 
+  // floor(x) for |x| < 2^62, written as truncation and a correction because
+  // GCC turns (int64) floor(x) into a call it cannot vectorise.
+  static std::int64_t floor_to_int(double x) noexcept {
+    const std::int64_t truncated = static_cast<std::int64_t>(x);
+    return truncated - std::int64_t{static_cast<double>(truncated) > x};
+  }
+
+  // floor(n / d), for n / d <= 2^63.
   std::uint64_t quotient(std::uint64_t n) const noexcept {
-#if defined(__SIZEOF_INT128__)
-    const std::uint64_t t =
-        static_cast<std::uint64_t>((static_cast<wide>(multiplier_) * n) >> 64);
-    return (t + ((n - t) >> shift1_)) >> shift2_;
-#else
-    return n / divisor_;
-#endif
+    const double estimate = std::min(static_cast<double>(n) * inverse_, 0x1p63);
+    std::uint64_t q = static_cast<std::uint64_t>(estimate);
+    const std::int64_t rough = static_cast<std::int64_t>(n - q * divisor_);
+    q += static_cast<std::uint64_t>(floor_to_int(static_cast<double>(rough) * inverse_));
+    const std::int64_t remainder = static_cast<std::int64_t>(n - q * divisor_);
+    q += static_cast<std::uint64_t>(std::int64_t{remainder >= static_cast<std::int64_t>(divisor_)} -
+                                    std::int64_t{remainder < 0});
+    return q;
   }
 
  private:
   std::uint64_t divisor_;
-#if defined(__SIZEOF_INT128__)
-  std::uint64_t multiplier_ = 0;
-  int shift1_ = 0;
-  int shift2_ = 0;
-#endif
+  double inverse_;
 };
 
 }  // namespace momnet

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs what momnet's tests, examples and benchmarks need from Debian 12
+# packages when run as root (or with sudo); otherwise checks they are there
+# and prints the command that would install them.
+set -euo pipefail
+
+packages=(g++ cmake make libeigen3-dev catch2 libbenchmark-dev python3 python3-matplotlib)
+
+missing=()
+for package in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+if [ "$(id -u)" -eq 0 ]; then
+  as_root=()
+elif command -v sudo >/dev/null 2>&1; then
+  as_root=(sudo)
+else
+  echo "momnet needs: ${missing[*]}" >&2
+  echo "install them as root: apt-get update && apt-get install -y ${missing[*]}" >&2
+  exit 1
+fi
+echo "installing: ${missing[*]}"
+"${as_root[@]}" apt-get update -qq
+DEBIAN_FRONTEND=noninteractive "${as_root[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
