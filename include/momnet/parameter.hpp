@@ -53,7 +53,7 @@ class Parameter {
   std::size_t bytes() const noexcept { return value_.bytes() + grad_.bytes(); }
 
  private:
-  Shape shape_;
+  Shape shape_{0};  // a default parameter is empty
   std::string name_;
   Buffer<T> value_;
   Buffer<T> grad_;

@@ -110,10 +110,12 @@ class Tape {
   // `chunk_bytes` (larger values get a chunk of their own).
   explicit Tape(std::size_t chunk_bytes = default_chunk_bytes)
       : owned_counter_(std::make_unique<MemoryCounter>()), counter_(owned_counter_.get()),
-        arena_(*counter_, chunk_bytes), nodes_(CountingAllocator<Node>(*counter_)) {}
+        arena_(*counter_, chunk_bytes), nodes_(CountingAllocator<Node>(*counter_)),
+        late_grads_(CountingAllocator<LateGrad>(*counter_)) {}
   // A tape that counts its memory into `counter` (which must outlive it).
   explicit Tape(MemoryCounter& counter, std::size_t chunk_bytes = default_chunk_bytes)
-      : counter_(&counter), arena_(counter, chunk_bytes), nodes_(CountingAllocator<Node>(counter)) {}
+      : counter_(&counter), arena_(counter, chunk_bytes), nodes_(CountingAllocator<Node>(counter)),
+        late_grads_(CountingAllocator<LateGrad>(counter)) {}
   Tape(const Tape&) = delete;
   Tape& operator=(const Tape&) = delete;
   ~Tape() { destroy_steps(0); }
@@ -211,14 +213,23 @@ class Tape {
       throw std::logic_error("momnet::Tape: Var #" + std::to_string(var.index_) +
                              " does not require a gradient");
     }
+    if (node.external_grad) return node.grad;
     if (node.grad == nullptr) {
+      // A buffer allocated now would be released by the nested scope's rewind.
       if (var.index_ < grad_floor_) {
         throw std::logic_error(
             "momnet::Tape: a nested backward reached Var #" + std::to_string(var.index_) +
             ", recorded before its scope, whose gradient was not prepared; call "
             "gradient_for() on it before the nested scope");
       }
-      allocate_grad(node);
+      late_grads_.push_back(LateGrad{var.index_, arena_.mark()});
+      node.grad = allocate(node.shape.size());
+      node.grad_live = false;
+    }
+    if (!node.grad_live) {
+      // Zeroed on first use in each backward pass, not all up front.
+      array_view(node.grad, node.shape.size()).setZero();
+      node.grad_live = true;
     }
     return node.grad;
   }
@@ -228,8 +239,12 @@ class Tape {
   const Shape& shape(const Var<T>& var) const { return checked(var).shape; }
   const T* value_data(const Var<T>& var) const { return checked(var).value; }
   bool requires_grad(const Var<T>& var) const { return checked(var).requires_grad; }
-  // The gradient buffer of `var` if one exists, else nullptr (no allocation).
-  const T* gradient_if_any(const Var<T>& var) const { return checked(var).grad; }
+  // The gradient of `var` in the current backward pass if it received one,
+  // else nullptr (no allocation).
+  const T* gradient_if_any(const Var<T>& var) const {
+    const Node& node = checked(var);
+    return node.external_grad || node.grad_live ? node.grad : nullptr;
+  }
 
   const T* gradient_data(const Var<T>& var) {
     if (!checked(var).requires_grad) {
@@ -262,8 +277,9 @@ class Tape {
                                   node.shape.to_string() +
                                   ", not a scalar; pass a seed gradient of that shape");
     }
-    const T one = T(1);
-    backward(loss, &one);
+    T* one = allocate(1);  // tape memory: the seed is read with vector loads
+    one[0] = T(1);
+    backward(loss, one);
   }
 
   // Gradients given the seed d(objective)/d(output), an array of output.size().
@@ -281,13 +297,10 @@ class Tape {
                               (value.isNaN().any() ? "NaN" : "infinite") +
                               "; the forward pass overflowed or divided by zero");
     }
-    for (std::size_t i = 0; i <= output.index_; ++i) {
-      Node& n = nodes_[i];
-      if (n.grad != nullptr && !n.external_grad) array_view(n.grad, n.shape.size()).setZero();
-    }
-    const std::size_t saved_floor = std::exchange(grad_floor_, 0);
+    // Gradients of an earlier pass become stale: zeroed when first touched.
+    for (std::size_t i = 0; i <= output.index_; ++i) nodes_[i].grad_live = false;
+    const FloorGuard guard(*this, 0);
     seed_and_walk(output, seed, 0);
-    grad_floor_ = saved_floor;
   }
 
   // A nested reverse walk for memory-saving operations: adds `seed` to the
@@ -300,9 +313,8 @@ class Tape {
       throw std::logic_error("momnet::Tape::backward_from: the floor mark lies after the output");
     }
     if (!checked(output).requires_grad) return;
-    const std::size_t saved_floor = std::exchange(grad_floor_, floor.nodes);
+    const FloorGuard guard(*this, floor.nodes);
     seed_and_walk(output, seed, floor.nodes);
-    grad_floor_ = saved_floor;
   }
 
   // ---- scopes -----------------------------------------------------------------
@@ -316,6 +328,12 @@ class Tape {
     }
     destroy_steps(mark.nodes);
     nodes_.resize(mark.nodes);
+    // Earlier nodes whose gradient buffers were allocated after the mark lose
+    // them with the memory (they are allocated again when next needed).
+    while (!late_grads_.empty() && !before(late_grads_.back().position, mark.arena)) {
+      if (late_grads_.back().node < mark.nodes) nodes_[late_grads_.back().node].grad = nullptr;
+      late_grads_.pop_back();
+    }
     arena_.rewind(mark.arena);
   }
 
@@ -343,10 +361,34 @@ class Tape {
     bool requires_grad;
     bool destroy_step;   // the step owns resources: run its destructor on rewind
     bool external_grad;  // the gradient is a parameter's, never reset by the tape
+    bool grad_live;      // grad holds this backward pass's gradient
+  };
+
+  // A gradient buffer allocated from `position` on for an already recorded node.
+  struct LateGrad {
+    std::size_t node;
+    Arena::Mark position;
+  };
+
+  static bool before(const Arena::Mark& a, const Arena::Mark& b) noexcept {
+    return a.chunk < b.chunk || (a.chunk == b.chunk && a.offset < b.offset);
+  }
+
+  // Sets the nested-walk floor for a scope, restoring it even on exceptions.
+  class FloorGuard {
+   public:
+    FloorGuard(Tape& tape, std::size_t floor) noexcept : tape_(tape), saved_(std::exchange(tape.grad_floor_, floor)) {}
+    FloorGuard(const FloorGuard&) = delete;
+    FloorGuard& operator=(const FloorGuard&) = delete;
+    ~FloorGuard() { tape_.grad_floor_ = saved_; }
+
+   private:
+    Tape& tape_;
+    std::size_t saved_;
   };
 
   Var<T> push(const Shape& shape, T* value, bool needs_grad, Step* step, bool destroy_step) {
-    nodes_.push_back(Node{value, nullptr, step, ++serial_, shape, needs_grad, destroy_step, false});
+    nodes_.push_back(Node{value, nullptr, step, ++serial_, shape, needs_grad, destroy_step, false, false});
     return Var<T>(this, nodes_.size() - 1, serial_);
   }
 
@@ -359,7 +401,7 @@ class Tape {
   Var<T> copied_leaf(const Eigen::DenseBase<Derived>& values, bool needs_grad) {
     const Shape shape{values.rows(), values.cols()};
     T* value = allocate(shape.size());
-    matrix_view(value, shape) = values.template cast<T>();
+    copy_row_major(values, value);
     return push(shape, value, needs_grad && grad_enabled_, nullptr, false);
   }
 
@@ -378,21 +420,17 @@ class Tape {
     return nodes_[var.index_];
   }
 
-  void allocate_grad(Node& node) {
-    node.grad = allocate(node.shape.size());
-    array_view(node.grad, node.shape.size()).setZero();
-  }
-
   void seed_and_walk(const Var<T>& output, const T* seed, std::size_t floor) {
     T* grad = gradient_for(output);
-    array_view(grad, checked(output).shape.size()) +=
-        array_view(seed, checked(output).shape.size());
+    const Eigen::Index n = checked(output).shape.size();
+    // The seed is the caller's memory: no alignment is assumed.
+    array_view(grad, n) += Eigen::Map<const Eigen::Array<T, Eigen::Dynamic, 1>>(seed, n);
     for (std::size_t i = output.index_ + 1; i-- > floor;) {
       // Copy out before running: a step may record nodes (nested scopes) and
       // reallocate the node list.
       Step* step = nodes_[i].step;
       const T* node_grad = nodes_[i].grad;
-      if (step != nullptr && node_grad != nullptr) step->run(node_grad);
+      if (step != nullptr && nodes_[i].grad_live) step->run(node_grad);
     }
   }
 
@@ -406,6 +444,7 @@ class Tape {
   MemoryCounter* counter_;
   Arena arena_;
   std::vector<Node, CountingAllocator<Node>> nodes_;
+  std::vector<LateGrad, CountingAllocator<LateGrad>> late_grads_;
   std::uint64_t serial_ = 0;
   std::size_t grad_floor_ = 0;
   bool grad_enabled_ = true;

@@ -24,7 +24,7 @@ class Tensor {
   template <class Derived>
   explicit Tensor(const Eigen::DenseBase<Derived>& values)
       : Tensor(Shape{values.rows(), values.cols()}) {
-    matrix() = values.template cast<T>();
+    copy_row_major(values, data());
   }
 
   const Shape& shape() const noexcept { return shape_; }

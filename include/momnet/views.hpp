@@ -38,4 +38,15 @@ ConstArrayView<T> array_view(const T* data, Eigen::Index size) {
   return ConstArrayView<T>(data, size);
 }
 
+// Copies any Eigen expression into row-major storage, element by element:
+// a plain loop, because GCC 12 flags Eigen's vectorised copy of a tiny source
+// (three floats, say) as reading out of bounds, in users' builds too.
+template <class T, class Derived>
+void copy_row_major(const Eigen::DenseBase<Derived>& values, T* out) {
+  const Eigen::Index rows = values.rows(), cols = values.cols();
+  for (Eigen::Index r = 0; r < rows; ++r) {
+    for (Eigen::Index c = 0; c < cols; ++c) out[r * cols + c] = static_cast<T>(values(r, c));
+  }
+}
+
 }  // namespace momnet
