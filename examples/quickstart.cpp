@@ -17,17 +17,17 @@ int main() {
 
   // 64 residual blocks x -> W2 tanh(W1 x + b1) + b2, wrapped in momentum.
   std::vector<MLPBlock<float>> blocks;
-  for (int i = 0; i < 64; ++i) blocks.emplace_back(width, 32, rng);
+  for (int i = 0; i < 64; ++i) blocks.emplace_back(width, 16, rng);
   Residual<MLPBlock<float>> resnet(blocks);
   MomentumResidual<MLPBlock<float>> net = to_momentum(resnet, /*gamma=*/0.9);
   Linear<float> head(width, 1, rng);
 
   auto parameters = parameters_of(net);
   for (Parameter<float>* p : parameters_of(head)) parameters.push_back(p);
-  Adam<float> adam(parameters, {/*learning_rate=*/1e-3});
+  Adam<float> adam(parameters, {/*learning_rate=*/3e-3});
 
   float first = 0, last = 0;
-  for (int step = 0; step < 200; ++step) {
+  for (int step = 0; step < 100; ++step) {
     Tape<float> tape;
     const Var<float> loss = mse(head.forward(tape, net(tape, tape.constant(x))), tape.constant(y));
     adam.zero_grad();
@@ -35,7 +35,7 @@ int main() {
     adam.step();
     if (step == 0) first = loss.item();
     last = loss.item();
-    if (step % 50 == 0) std::printf("step %3d  loss %.4f\n", step, loss.item());
+    if (step % 25 == 0) std::printf("step %3d  loss %.4f\n", step, loss.item());
   }
   std::printf("loss %.4f -> %.4f\n", first, last);
 

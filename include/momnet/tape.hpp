@@ -49,7 +49,8 @@ class Var {
   }
   std::size_t index() const noexcept { return index_; }
 
-  const Shape& shape() const { return tape().shape(*this); }
+  // By value: a reference into the tape would dangle once it records more.
+  Shape shape() const { return tape().shape(*this); }
   Eigen::Index size() const { return shape().size(); }
   const T* data() const { return tape().value_data(*this); }
   ConstMatrixView<T> value() const { return matrix_view(data(), shape()); }
@@ -236,7 +237,7 @@ class Tape {
 
   // ---- access -----------------------------------------------------------------
 
-  const Shape& shape(const Var<T>& var) const { return checked(var).shape; }
+  Shape shape(const Var<T>& var) const { return checked(var).shape; }
   const T* value_data(const Var<T>& var) const { return checked(var).value; }
   bool requires_grad(const Var<T>& var) const { return checked(var).requires_grad; }
   // The gradient of `var` in the current backward pass if it received one,
