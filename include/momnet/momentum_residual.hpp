@@ -226,16 +226,9 @@ class MomentumResidual {
     Tape<T> tape(*state.counter_);
     typename Tape<T>::NoGradScope no_grad(tape);
     const Var<T> ctx = context != nullptr ? tape.constant(*context) : Var<T>();
-    const Eigen::Index n_elements = state.shape_.size();
     for (std::size_t n = stack_.depth(); n-- > 0;) {
-      state.engine_.unstep_position();
-      const auto mark = tape.mark();
-      T* xn = tape.allocate(n_elements);
-      state.engine_.read_x(xn);
-      const Var<T> f = evaluate_block(tape, n, tape.leaf(state.shape_, xn, false), ctx);
-      state.engine_.unstep_velocity(f.data(), n);
-      notify(LayerEvent<T>::Phase::backward, n, state.engine_);
-      tape.rewind(mark);
+      const TapeScope<T> layer(tape);
+      rebuild_layer(tape, state.engine_, n, state.shape_, ctx, false);
     }
     state.engine_.verify_store_empty();
     state.layer_ = 0;
@@ -305,13 +298,26 @@ class MomentumResidual {
     typename Tape<T>::NoGradScope no_grad(tape);
     for (std::size_t n = 0; n < stack_.depth(); ++n) {
       notify(LayerEvent<T>::Phase::forward, n, state);
-      const auto mark = tape.mark();
+      const TapeScope<T> layer(tape);
       T* xn = tape.allocate(shape.size());
       state.read_x(xn);
       const Var<T> f = evaluate_block(tape, n, tape.leaf(shape, xn, false), context);
       state.step(f.data(), n);
-      tape.rewind(mark);
     }
+  }
+
+  // Undoes layer n of `state` (x_{n+1}, v_{n+1} -> x_n, v_n), recording x_n
+  // and f_n(x_n) on the tape, and returns them.
+  std::pair<Var<T>, Var<T>> rebuild_layer(Tape<T>& tape, ExactMomentum<T>& state, std::size_t n, const Shape& shape,
+                                          const Var<T>& context, bool with_gradient) {
+    state.unstep_position();
+    T* xn_value = tape.allocate(shape.size());
+    state.read_x(xn_value);
+    const Var<T> xn = tape.leaf(shape, xn_value, with_gradient);
+    const Var<T> f = evaluate_block(tape, n, xn, context);
+    state.unstep_velocity(f.data(), n);
+    notify(LayerEvent<T>::Phase::backward, n, state);
+    return {xn, f};
   }
 
   // The state's x and v, read into new tape storage.
@@ -399,16 +405,9 @@ class MomentumResidual {
       const T gamma = static_cast<T>(gamma_.value()), complement = static_cast<T>(gamma_.complement());
       ExactMomentum<T> rebuilt = state.rewinding_copy();
       for (std::size_t n = stack_.depth(); n-- > 0;) {
-        rebuilt.unstep_position();
-        const auto mark = tape.mark();
-        T* xn_value = tape.allocate(n_elements);
-        rebuilt.read_x(xn_value);
-        const Var<T> xn = tape.leaf(shape, xn_value, true);
-        const Var<T> f = evaluate_block(tape, n, xn, context);
-        rebuilt.unstep_velocity(f.data(), n);
-        notify(LayerEvent<T>::Phase::backward, n, rebuilt);
-        backward_layer(tape, xn, f, mark, gx, gv, gamma, complement);
-        tape.rewind(mark);
+        const TapeScope<T> layer(tape);
+        const auto [xn, f] = rebuild_layer(tape, rebuilt, n, shape, context, true);
+        backward_layer(tape, xn, f, layer.mark(), gx, gv, gamma, complement);
       }
       rebuilt.verify_rebuilt(x.data(), velocity.valid() ? velocity.data() : nullptr);
       add_gradient(tape, x, gx);
@@ -490,13 +489,12 @@ class MomentumResidual {
       typename Tape<T>::NoGradScope no_grad(tape);
       for (std::size_t n = 0; n < stack_.depth(); ++n) {
         notify(LayerEvent<T>::Phase::forward, n, n_elements, x_value, v_value);
-        const auto mark = tape.mark();
+        const TapeScope<T> layer(tape);
         T* xn = tape.allocate(n_elements);
         array_view(xn, n_elements) = X;
         const Var<T> f = evaluate_block(tape, n, tape.leaf(shape, xn, false), context);
         V = gamma * V + complement * f.array();
         X += V;
-        tape.rewind(mark);
       }
     }
     if (!tape.grad_enabled()) return {tape.leaf(shape, x_value, false), tape.leaf(shape, v_value, false)};
@@ -519,15 +517,14 @@ class MomentumResidual {
       V = array_view(static_cast<const T*>(v_value), n_elements);
       for (std::size_t n = stack_.depth(); n-- > 0;) {
         X -= V;
-        const auto mark = tape.mark();
+        const TapeScope<T> layer(tape);
         T* xn_value = tape.allocate(n_elements);
         array_view(xn_value, n_elements) = X;
         const Var<T> xn = tape.leaf(shape, xn_value, true);
         const Var<T> f = evaluate_block(tape, n, xn, context);
         V = (V - complement * f.array()) / gamma;
         notify(LayerEvent<T>::Phase::backward, n, n_elements, x_work, v_work);
-        backward_layer(tape, xn, f, mark, gx, gv, gamma, complement);
-        tape.rewind(mark);
+        backward_layer(tape, xn, f, layer.mark(), gx, gv, gamma, complement);
       }
       check_drift(x_work, x.data(), n_elements, "x_0");
       check_drift(v_work, velocity.valid() ? velocity.data() : nullptr, n_elements, "v_0");
