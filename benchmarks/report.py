@@ -95,31 +95,40 @@ def main():
                     b["peak_rss_bytes"] / MIB, b["GFLOPs"], share))
 
     if args.plot:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        labels = {"residual": "ResNet (Residual)", "stored": "Momentum, stored",
-                  "exact": "Momentum, exact memory-free", "float": "Momentum, float inverse"}
-        fig, ax = plt.subplots(figsize=(6.4, 4.2))
-        shape = shapes[0]
-        for tied in ("tied", "untied"):
-            for mode in ("residual", "stored", "exact", "float"):
-                points = sorted((k[3], b["peak_bytes"] / MIB) for k, b in steps.items()
-                                if k[0] == shape and k[1] == tied and k[2] == mode)
-                if points:
-                    style = "-o" if tied == "tied" else "--s"
-                    ax.plot([p[0] for p in points], [p[1] for p in points], style,
-                            label="%s (%s)" % (labels[mode], tied))
+        plot(args.plot, steps, shapes[0], context)
+
+
+def plot(path, steps, shape, context):
+    """Peak memory and time per step versus depth, one line per mode."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    labels = {"residual": "ResNet (Residual)", "stored": "Momentum, stored activations",
+              "exact": "Momentum, exact memory-free", "float": "Momentum, float inverse"}
+    tied = "tied" if any(k[1] == "tied" for k in steps) else "untied"
+    fig, (memory, time) = plt.subplots(1, 2, figsize=(10, 4))
+    for mode in ("residual", "stored", "exact", "float"):
+        runs = sorted((k[3], b) for k, b in steps.items() if k[0] == shape and k[1] == tied and k[2] == mode)
+        if not runs:
+            continue
+        depths = [d for d, _ in runs]
+        memory.plot(depths, [b["peak_bytes"] / MIB for _, b in runs], "-o", label=labels[mode])
+        time.plot(depths, [to_ms(b) for _, b in runs], "-o", label=labels[mode])
+    for ax in (memory, time):
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("depth (residual blocks)")
-        ax.set_ylabel("peak memory of a training step (MiB)")
-        ax.set_title("momnet, MLP blocks %s, float, 1 thread" % shape.replace("_", " "))
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(args.plot, dpi=120)
-        print("\nwrote " + args.plot)
+    memory.set_ylabel("peak memory of a training step (MiB)")
+    memory.set_title("activation memory (tape peak; parameters excluded)", fontsize=9)
+    time.set_ylabel("time per training step (ms)")
+    time.set_title("forward + backward + SGD step", fontsize=9)
+    memory.legend(fontsize=8)
+    fig.suptitle("momnet: MLP blocks %s (%s), float, %s thread(s), %s CPUs" % (
+        shape.replace("_", " "), tied, context.get("momnet.threads", "?"), context.get("num_cpus", "?")))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print("\nwrote " + path)
 
 
 if __name__ == "__main__":

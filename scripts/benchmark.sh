@@ -13,6 +13,6 @@ cmake --build "$build" -j "$(nproc)" --target memory_vs_depth
 mkdir -p out
 json=out/memory_vs_depth.json
 "$build/benchmarks/memory_vs_depth" --depths=16,64,256 --batch=256 --width=256 --hidden=256 --tied=yes \
-  --modes=residual,exact --benchmark_min_time=0.3 --benchmark_repetitions=3 \
+  --modes=residual,exact --benchmark_min_time=0.3 --benchmark_repetitions=3 --benchmark_enable_random_interleaving=true \
   --benchmark_report_aggregates_only=true --benchmark_out="$json" --benchmark_out_format=json "$@"
 /usr/bin/python3 benchmarks/report.py "$json"
