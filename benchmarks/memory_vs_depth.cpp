@@ -166,6 +166,9 @@ void train_steps(benchmark::State& state, Model& model, const Settings& s, std::
                  bool update) {
   const momnet::Tensor<T> input = random_tensor(s.batch, s.width, 1);
   momnet::SGD<T> sgd(momnet::parameters_of(model), {1e-4});
+  // The arena's chunks grow to 4 MiB, glibc's mmap threshold as set in main():
+  // its memory goes back to the system with the tape, keeping later runs'
+  // peak RSS honest.
   momnet::Tape<T> tape;
   std::size_t store_bytes = 0;
   auto step = [&] {

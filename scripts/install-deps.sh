@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
-# Installs what momnet's tests, examples and benchmarks need from Debian 12
-# packages when run as root (or with sudo); otherwise checks they are there
-# and prints the command that would install them.
+# Installs what momnet needs from Debian 12 packages when run as root (or
+# with sudo); otherwise checks they are there and prints the command that
+# would install them.
+#   install-deps.sh         everything: tests, examples, benchmarks and the plot
+#   install-deps.sh build   what building and testing need
 set -euo pipefail
 
-packages=(g++ cmake make libeigen3-dev catch2 libbenchmark-dev python3 python3-matplotlib)
+packages=(g++ cmake make libeigen3-dev catch2 libbenchmark-dev)
+if [ "${1:-all}" != build ]; then
+  packages+=(python3 python3-matplotlib)
+fi
 
 missing=()
 for package in "${packages[@]}"; do

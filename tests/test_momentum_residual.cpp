@@ -448,8 +448,8 @@ TEST_CASE("Bad inputs are refused with clear errors", "[momentum][errors]") {
     options.fraction_bits = 70;
     REQUIRE_THROWS_WITH(Net(block, 3, options), Catch::Contains("fraction_bits must lie in [1, 60], got 70"));
     options.fraction_bits = 0;
-    options.gamma_bits = 33;
-    REQUIRE_THROWS_WITH(Net(block, 3, options), Catch::Contains("gamma_bits must lie in [1, 32], got 33"));
+    options.gamma_bits = 27;
+    REQUIRE_THROWS_WITH(Net(block, 3, options), Catch::Contains("gamma_bits must lie in [1, 26], got 27"));
     options.gamma_bits = 16;
     options.float_drift_tolerance = -1;
     REQUIRE_THROWS_WITH(Net(block, 3, options), Catch::Contains("float_drift_tolerance must be >= 0"));

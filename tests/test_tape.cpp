@@ -232,6 +232,26 @@ TEST_CASE("Arena hands out aligned memory, rewinds, and reuses its chunks", "[ta
   CHECK(counter.current_bytes() == 0);
 }
 
+TEST_CASE("Arena chunks double from 64 KiB up to the maximum", "[tape][memory]") {
+  MemoryCounter counter;
+  Arena arena(counter, std::size_t{512} << 10);
+  std::vector<std::size_t> held;
+  for (int i = 0; i < 40; ++i) {
+    arena.allocate(std::size_t{40} << 10);  // two do not fit in one 64 KiB chunk
+    if (held.empty() || counter.current_bytes() != held.back()) held.push_back(counter.current_bytes());
+  }
+  // Chunks of 64, 128, 256, 512, 512, ... KiB (plus the chunk list's own storage).
+  REQUIRE(held.size() >= 5);
+  const std::size_t kib = 1024;
+  CHECK(held[1] - held[0] >= 128 * kib);
+  CHECK(held[1] - held[0] < 129 * kib);
+  CHECK(held[2] - held[1] >= 256 * kib);
+  CHECK(held[3] - held[2] >= 512 * kib);
+  CHECK(held[4] - held[3] >= 512 * kib);
+  CHECK(held[4] - held[3] < 513 * kib);  // capped
+  CHECK(counter.current_bytes() < 40 * 40 * kib * 13 / 10);  // little waste
+}
+
 TEST_CASE("a Tape counts its nodes and values into a shared MemoryCounter", "[tape][memory]") {
   MemoryCounter counter;
   {
@@ -242,7 +262,7 @@ TEST_CASE("a Tape counts its nodes and values into a shared MemoryCounter", "[ta
     const double one = 1.0;
     tape.constant(Shape{}, &one);
     const std::size_t first = counter.current_bytes();
-    CHECK(first >= (std::size_t{1} << 20));  // the arena's first chunk
+    CHECK(first >= Arena::first_chunk_bytes);  // the arena's first chunk
     CHECK(tape.arena_bytes_in_use() == 64);
 
     // A thousand more one-element values fit in that chunk: what grows now is
@@ -260,13 +280,13 @@ TEST_CASE("a Tape counts its nodes and values into a shared MemoryCounter", "[ta
     CHECK(big.size() == 300000);
   }
   CHECK(counter.current_bytes() == 0);  // everything went back
-  CHECK(counter.peak_bytes() >= (std::size_t{1} << 20) + 300 * 1000 * sizeof(double));
+  CHECK(counter.peak_bytes() >= Arena::first_chunk_bytes + 300 * 1000 * sizeof(double));
   counter.reset_peak();
   CHECK(counter.peak_bytes() == 0);
 
   Tape<double> own;  // a tape without a shared counter counts into its own
   own.variable(Tensor<double>(Shape{4}));
-  CHECK(own.memory().current_bytes() >= (std::size_t{1} << 20));
+  CHECK(own.memory().current_bytes() >= Arena::first_chunk_bytes);
   CHECK(&own.memory() != &counter);
   CHECK(counter.current_bytes() == 0);
 }

@@ -2,9 +2,11 @@
 // here. Chunks come from a MemoryCounter and are kept after a rewind, so a
 // loop that marks, records one block and rewinds reuses the same memory on
 // every iteration instead of returning it to the system and faulting it in
-// again.
+// again. Chunks double from 64 KiB up to a maximum (4 MiB by default): a small
+// tape stays small, and a large one wastes little at the end of each chunk.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <vector>
 
@@ -20,9 +22,13 @@ class Arena {
     std::size_t offset = 0;
   };
 
-  explicit Arena(MemoryCounter& counter, std::size_t chunk_bytes = std::size_t{1} << 20)
+  static constexpr std::size_t first_chunk_bytes = std::size_t{64} << 10;
+  static constexpr std::size_t default_max_chunk_bytes = std::size_t{4} << 20;
+
+  // Requests larger than max_chunk_bytes get a chunk of their own.
+  explicit Arena(MemoryCounter& counter, std::size_t max_chunk_bytes = default_max_chunk_bytes)
       : counter_(&counter),
-        chunk_bytes_(round_up_to_alignment(chunk_bytes)),
+        max_chunk_bytes_(round_up_to_alignment(max_chunk_bytes == 0 ? 1 : max_chunk_bytes)),
         chunks_(CountingAllocator<Chunk>(counter)) {}
   Arena(const Arena&) = delete;
   Arena& operator=(const Arena&) = delete;
@@ -50,7 +56,8 @@ class Arena {
       ++chunk_;
       offset_ = 0;
     }
-    const std::size_t size = rounded > chunk_bytes_ ? rounded : chunk_bytes_;
+    const std::size_t grown = chunks_.empty() ? first_chunk_bytes : 2 * chunks_.back().size;
+    const std::size_t size = std::max(rounded, std::min(grown, max_chunk_bytes_));
     chunks_.push_back(Chunk{static_cast<std::byte*>(counter_->allocate(size)), size, rounded});
     chunk_ = chunks_.size() - 1;
     offset_ = rounded;
@@ -91,7 +98,7 @@ class Arena {
   };
 
   MemoryCounter* counter_;
-  std::size_t chunk_bytes_;
+  std::size_t max_chunk_bytes_;
   std::vector<Chunk, CountingAllocator<Chunk>> chunks_;
   std::size_t chunk_ = 0;
   std::size_t offset_ = 0;

@@ -238,7 +238,7 @@ class ExactMomentum {
       const std::uint64_t a = divider_.quotient(shifted);
       const std::uint64_t b = shifted - a * p;
       const std::uint64_t t = (b << k) | r;
-      const std::uint64_t c_quotient = divider_.quotient(t);
+      const std::uint64_t c_quotient = divider_.small_quotient(t);  // t < p 2^k <= 2^48
       const std::uint64_t digit = t - c_quotient * p;
       V[i] = static_cast<std::int64_t>(((a - bias_quotient) << k) + c_quotient);
       S[i] = (s >> k) * p + digit;  // push d, radix p

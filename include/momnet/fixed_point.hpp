@@ -62,12 +62,13 @@ class FixedPointFormat {
 
 // gamma rounded to p / 2^k, round to nearest. The same rounded value serves
 // as gamma and (2^k - p) / 2^k as 1 - gamma, forward and backward, so the two
-// always sum to exactly one.
+// always sum to exactly one. k <= 26 keeps p 2^k below 2^53, where the bit
+// store's inverse divides in double precision exactly.
 class RationalGamma {
  public:
   RationalGamma(double gamma, int bits) : bits_(bits) {
-    if (bits < 1 || bits > 32) {
-      throw std::invalid_argument("momnet::RationalGamma: gamma_bits must lie in [1, 32], got " +
+    if (bits < 1 || bits > 26) {
+      throw std::invalid_argument("momnet::RationalGamma: gamma_bits must lie in [1, 26], got " +
                                   std::to_string(bits));
     }
     if (!(gamma >= 0.0 && gamma <= 1.0)) {
@@ -113,6 +114,15 @@ class ConstantDivider {
   static std::int64_t floor_to_int(double x) noexcept {
     const std::int64_t truncated = static_cast<std::int64_t>(x);
     return truncated - std::int64_t{static_cast<double>(truncated) > x};
+  }
+
+  // floor(n / d) for n < 2^53: n converts to double exactly, the estimate is
+  // within one of the quotient, and one integer step fixes it.
+  std::uint64_t small_quotient(std::uint64_t n) const noexcept {
+    const std::uint64_t q = static_cast<std::uint64_t>(static_cast<double>(n) * inverse_);
+    const std::int64_t remainder = static_cast<std::int64_t>(n - q * divisor_);
+    return q + static_cast<std::uint64_t>(std::int64_t{remainder >= static_cast<std::int64_t>(divisor_)} -
+                                          std::int64_t{remainder < 0});
   }
 
   // floor(n / d), for n / d <= 2^63.

@@ -105,17 +105,15 @@ class Tape {
     bool previous_;
   };
 
-  static constexpr std::size_t default_chunk_bytes = std::size_t{1} << 20;
-
-  // A tape with its own memory counter. The arena takes memory in chunks of
-  // `chunk_bytes` (larger values get a chunk of their own).
-  explicit Tape(std::size_t chunk_bytes = default_chunk_bytes)
+  // A tape with its own memory counter. Its arena takes memory in chunks that
+  // grow to `max_chunk_bytes` (larger values get a chunk of their own).
+  explicit Tape(std::size_t max_chunk_bytes = Arena::default_max_chunk_bytes)
       : owned_counter_(std::make_unique<MemoryCounter>()), counter_(owned_counter_.get()),
-        arena_(*counter_, chunk_bytes), nodes_(CountingAllocator<Node>(*counter_)),
+        arena_(*counter_, max_chunk_bytes), nodes_(CountingAllocator<Node>(*counter_)),
         late_grads_(CountingAllocator<LateGrad>(*counter_)) {}
   // A tape that counts its memory into `counter` (which must outlive it).
-  explicit Tape(MemoryCounter& counter, std::size_t chunk_bytes = default_chunk_bytes)
-      : counter_(&counter), arena_(counter, chunk_bytes), nodes_(CountingAllocator<Node>(counter)),
+  explicit Tape(MemoryCounter& counter, std::size_t max_chunk_bytes = Arena::default_max_chunk_bytes)
+      : counter_(&counter), arena_(counter, max_chunk_bytes), nodes_(CountingAllocator<Node>(counter)),
         late_grads_(CountingAllocator<LateGrad>(counter)) {}
   Tape(const Tape&) = delete;
   Tape& operator=(const Tape&) = delete;
