@@ -5,6 +5,8 @@
 
 #include <momnet/momnet.hpp>
 
+#include "support.hpp"
+
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -12,6 +14,8 @@
 #include <vector>
 
 namespace {
+
+using momnet_test::uniform;
 
 using momnet::GradientCheckOptions;
 using momnet::GradientCheckResult;
@@ -23,12 +27,6 @@ using momnet::Tensor;
 using momnet::Var;
 using Vars = std::vector<Var<double>>;
 
-Tensor<double> uniform(const Shape& shape, std::uint64_t seed, double low = -1.0, double high = 1.0) {
-  Tensor<double> t(shape);
-  Rng rng(seed);
-  for (Eigen::Index i = 0; i < t.size(); ++i) t.data()[i] = rng.uniform(low, high);
-  return t;
-}
 
 // How a custom op's backward goes wrong.
 struct Fault {

@@ -4,6 +4,8 @@
 
 #include <momnet/momnet.hpp>
 
+#include "support.hpp"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -12,6 +14,8 @@
 #include <vector>
 
 namespace {
+
+using momnet_test::uniform;
 
 using momnet::ActivationKind;
 using momnet::Parameter;
@@ -22,39 +26,11 @@ using momnet::Tensor;
 using momnet::Var;
 using Matrix = Eigen::MatrixXd;
 
-// Matches an exception of exactly type E whose message contains every part.
-template <class E>
-class ExceptionIs : public Catch::MatcherBase<E> {
- public:
-  explicit ExceptionIs(std::vector<std::string> parts) : parts_(std::move(parts)) {}
-  bool match(const E& e) const override {
-    if (typeid(e) != typeid(E)) return false;
-    const std::string what = e.what();
-    return std::all_of(parts_.begin(), parts_.end(),
-                       [&](const std::string& p) { return what.find(p) != std::string::npos; });
-  }
-  std::string describe() const override {
-    std::string s = std::string("is exactly ") + typeid(E).name() + " with a message containing";
-    for (const auto& p : parts_) s += " \"" + p + "\"";
-    return s;
-  }
-
- private:
-  std::vector<std::string> parts_;
-};
-#define REQUIRE_THROWS_EXACT(expression, type, ...) \
-  REQUIRE_THROWS_MATCHES(expression, type, ExceptionIs<type>({__VA_ARGS__}))
 
 const ActivationKind all_activations[] = {ActivationKind::identity, ActivationKind::tanh,
                                           ActivationKind::relu,     ActivationKind::sigmoid,
                                           ActivationKind::gelu,     ActivationKind::softplus};
 
-Tensor<double> uniform(const Shape& shape, std::uint64_t seed, double low = -1.0, double high = 1.0) {
-  Tensor<double> t(shape);
-  Rng rng(seed);
-  for (Eigen::Index i = 0; i < t.size(); ++i) t.data()[i] = rng.uniform(low, high);
-  return t;
-}
 
 struct Moments {
   double mean, variance, min, max;

@@ -5,6 +5,8 @@
 
 #include <momnet/momnet.hpp>
 
+#include "support.hpp"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -18,6 +20,8 @@
 
 namespace {
 
+using momnet_test::uniform;
+
 using momnet::GradientCheckOptions;
 using momnet::Rng;
 using momnet::Shape;
@@ -30,36 +34,8 @@ using momnet::Var;
 template <class Vars>
 using scalar_of = typename std::decay_t<Vars>::value_type::Scalar;
 
-// Matches an exception of exactly type E whose message contains every part.
-template <class E>
-class ExceptionIs : public Catch::MatcherBase<E> {
- public:
-  explicit ExceptionIs(std::vector<std::string> parts) : parts_(std::move(parts)) {}
-  bool match(const E& e) const override {
-    if (typeid(e) != typeid(E)) return false;
-    const std::string what = e.what();
-    return std::all_of(parts_.begin(), parts_.end(),
-                       [&](const std::string& p) { return what.find(p) != std::string::npos; });
-  }
-  std::string describe() const override {
-    std::string s = std::string("is exactly ") + typeid(E).name() + " with a message containing";
-    for (const auto& p : parts_) s += " \"" + p + "\"";
-    return s;
-  }
-
- private:
-  std::vector<std::string> parts_;
-};
-#define REQUIRE_THROWS_EXACT(expression, type, ...) \
-  REQUIRE_THROWS_MATCHES(expression, type, ExceptionIs<type>({__VA_ARGS__}))
 
 // Uniform values in [low, high).
-Tensor<double> uniform(const Shape& shape, std::uint64_t seed, double low = -1.0, double high = 1.0) {
-  Tensor<double> t(shape);
-  Rng rng(seed);
-  for (Eigen::Index i = 0; i < t.size(); ++i) t.data()[i] = rng.uniform(low, high);
-  return t;
-}
 
 // Values of magnitude in [low, high) with random signs: away from zero (relu's
 // kink, a divisor).

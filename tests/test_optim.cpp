@@ -4,6 +4,8 @@
 
 #include <momnet/momnet.hpp>
 
+#include "support.hpp"
+
 #include <algorithm>
 #include <array>
 #include <cmath>
@@ -18,28 +20,6 @@ using momnet::Parameter;
 using momnet::SGDOptions;
 using momnet::Shape;
 
-// Matches an exception of exactly type E whose message contains every part.
-template <class E>
-class ExceptionIs : public Catch::MatcherBase<E> {
- public:
-  explicit ExceptionIs(std::vector<std::string> parts) : parts_(std::move(parts)) {}
-  bool match(const E& e) const override {
-    if (typeid(e) != typeid(E)) return false;
-    const std::string what = e.what();
-    return std::all_of(parts_.begin(), parts_.end(),
-                       [&](const std::string& p) { return what.find(p) != std::string::npos; });
-  }
-  std::string describe() const override {
-    std::string s = std::string("is exactly ") + typeid(E).name() + " with a message containing";
-    for (const auto& p : parts_) s += " \"" + p + "\"";
-    return s;
-  }
-
- private:
-  std::vector<std::string> parts_;
-};
-#define REQUIRE_THROWS_EXACT(expression, type, ...) \
-  REQUIRE_THROWS_MATCHES(expression, type, ExceptionIs<type>({__VA_ARGS__}))
 
 // A two-element parameter p = [1, -2] with the gradient g = [0.5, -1].
 template <class T>

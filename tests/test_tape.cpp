@@ -5,6 +5,8 @@
 
 #include <momnet/momnet.hpp>
 
+#include "support.hpp"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -26,28 +28,6 @@ using momnet::Tensor;
 using momnet::Var;
 using Matrix = Eigen::MatrixXd;
 
-// Matches an exception of exactly type E whose message contains every part.
-template <class E>
-class ExceptionIs : public Catch::MatcherBase<E> {
- public:
-  explicit ExceptionIs(std::vector<std::string> parts) : parts_(std::move(parts)) {}
-  bool match(const E& e) const override {
-    if (typeid(e) != typeid(E)) return false;
-    const std::string what = e.what();
-    return std::all_of(parts_.begin(), parts_.end(),
-                       [&](const std::string& p) { return what.find(p) != std::string::npos; });
-  }
-  std::string describe() const override {
-    std::string s = std::string("is exactly ") + typeid(E).name() + " with a message containing";
-    for (const auto& p : parts_) s += " \"" + p + "\"";
-    return s;
-  }
-
- private:
-  std::vector<std::string> parts_;
-};
-#define REQUIRE_THROWS_EXACT(expression, type, ...) \
-  REQUIRE_THROWS_MATCHES(expression, type, ExceptionIs<type>({__VA_ARGS__}))
 
 bool aligned64(const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 64 == 0; }
 

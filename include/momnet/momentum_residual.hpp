@@ -398,10 +398,7 @@ class MomentumResidual {
       prepare_gradients(tape, x, velocity, context);
       const TapeScope<T> scope(tape);
       const Eigen::Index n_elements = shape.size();
-      T* gx = tape.allocate(n_elements);
-      T* gv = tape.allocate(n_elements);
-      array_view(gx, n_elements) = array_view(g, n_elements);
-      initial_velocity_gradient(tape, *v_slot, gv, n_elements);
+      auto [gx, gv] = output_gradients(tape, g, *v_slot, n_elements);
       const T gamma = static_cast<T>(gamma_.value()), complement = static_cast<T>(gamma_.complement());
       ExactMomentum<T> rebuilt = state.rewinding_copy();
       for (std::size_t n = stack_.depth(); n-- > 0;) {
@@ -418,13 +415,19 @@ class MomentumResidual {
     return {x_out, v_out, store_bytes, spills};
   }
 
-  static void initial_velocity_gradient(Tape<T>& tape, const Var<T>& v_out, T* gv, Eigen::Index n) {
-    const T* g = v_out.valid() ? tape.gradient_if_any(v_out) : nullptr;
-    if (g != nullptr) {
-      array_view(gv, n) = array_view(g, n);
+  // gx = dL/dx_N (given) and gv = dL/dv_N (zero if v_N was not used), in
+  // tape storage that the recursion updates layer by layer.
+  static std::pair<T*, T*> output_gradients(Tape<T>& tape, const T* g, const Var<T>& v_out, Eigen::Index n) {
+    T* gx = tape.allocate(n);
+    T* gv = tape.allocate(n);
+    array_view(gx, n) = array_view(g, n);
+    const T* g_v = v_out.valid() ? tape.gradient_if_any(v_out) : nullptr;
+    if (g_v != nullptr) {
+      array_view(gv, n) = array_view(g_v, n);
     } else {
       array_view(gv, n).setZero();
     }
+    return {gx, gv};
   }
 
   // Same fixed-point forward as exact mode, recorded layer by layer: x_{n+1}
@@ -505,10 +508,7 @@ class MomentumResidual {
       prepare_gradients(tape, x, velocity, context);
       const TapeScope<T> scope(tape);
       const Eigen::Index n_elements = shape.size();
-      T* gx = tape.allocate(n_elements);
-      T* gv = tape.allocate(n_elements);
-      array_view(gx, n_elements) = array_view(g, n_elements);
-      initial_velocity_gradient(tape, *v_slot, gv, n_elements);
+      auto [gx, gv] = output_gradients(tape, g, *v_slot, n_elements);
       T* x_work = tape.allocate(n_elements);
       T* v_work = tape.allocate(n_elements);
       auto X = array_view(x_work, n_elements);
