@@ -122,6 +122,14 @@ Settings parse(int& argc, char** argv) {
   return s;
 }
 
+// Gives the heap's free pages back to the system (glibc), so that memory an
+// earlier, larger run freed does not count in this run's resident set.
+void return_free_memory() {
+#if defined(__GLIBC__)
+  malloc_trim(0);
+#endif
+}
+
 // Resets the process's resident-set high-water mark (Linux >= 4.0).
 void reset_peak_rss() {
   std::ofstream clear("/proc/self/clear_refs");
@@ -186,7 +194,8 @@ void train_steps(benchmark::State& state, Model& model, const Settings& s, std::
     tape.backward(momnet::mean(momnet::square(out)));
     if (update) sgd.step();
   };
-  step();  // warm-up: the arena reaches its working size
+  return_free_memory();  // what earlier runs freed is not this run's
+  step();                // warm-up: the arena reaches its working size
   tape.memory().reset_peak();
   reset_peak_rss();
   for (auto _ : state) {

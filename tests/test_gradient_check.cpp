@@ -239,3 +239,20 @@ TEST_CASE("parameters: wrong gradients are named, gradients and values are resto
   CHECK(block.alpha.grad_array()[0] == -7.0);
   CHECK(block.alpha.array()[0] == -0.5);
 }
+
+TEST_CASE("a function that throws mid-check leaves the parameters as they were", "[gradient_check]") {
+  const Tensor<double> x = uniform(Shape{2, 2}, 7);
+  Parameter<double> alpha(Shape{}, "alpha");
+  alpha.array()[0] = 0.75;
+  alpha.grad_array()[0] = 42.0;
+  int evaluations = 0;
+  // Evaluation 1 is the analytic pass, 2 to 9 the inputs' differences; the
+  // 11th throws in the middle of alpha's, with alpha perturbed to a - h.
+  const auto fragile = [&](Tape<double>& tape, const Vars& v) {
+    if (++evaluations == 1 + 2 * 4 + 2) throw std::runtime_error("evaluation failed");
+    return scaled(tape, v[0], alpha, 1.0);
+  };
+  REQUIRE_THROWS_WITH(momnet::check_gradients(fragile, {x}, {&alpha}), "evaluation failed");
+  CHECK(alpha.array()[0] == 0.75);
+  CHECK(alpha.grad_array()[0] == 42.0);
+}

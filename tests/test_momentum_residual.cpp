@@ -380,6 +380,38 @@ TEMPLATE_TEST_CASE("evaluate and inverse rebuild the input exactly at depth 10,0
   CHECK(state.x().array().cwiseEqual(in_fixed_point(x0)).all());
   CHECK(state.v().array().cwiseEqual(in_fixed_point(v0)).all());
   REQUIRE_THROWS_WITH(net.inverse(state), Catch::Contains("stands at layer 0, not at the output"));
+  // The spills are given back with the bits: what is left is the hot words.
+  CHECK(state.bit_store_bytes() == round_up_to_alignment(static_cast<std::size_t>(x0.size()) * 8));
+}
+
+TEST_CASE("An inverse that fails part-way leaves a state that refuses another", "[momentum][errors]") {
+  Drifting drifting;
+  drifting.w.value().setConstant(0.5);
+  MomentumResidual<Drifting> net(drifting, 50, options_for(0.9, BackwardMode::exact));
+  const Tensor<double> x0(random_input<double>(2, 3, 114));
+  MomentumState<double> state = net.evaluate(x0);
+  REQUIRE_THROWS_AS(net.inverse(state), ReconstructionError);
+  CHECK(state.layer() == MomentumState<double>::broken);
+  REQUIRE_THROWS_WITH(net.inverse(state), Catch::Contains("an earlier inverse of this state failed part-way"));
+}
+
+TEST_CASE("backward works from inside a NoGradScope", "[momentum]") {
+  MomentumResidual<MLPBlock<double>> net(mlp_blocks<double>(3, 3, 5, 115), options_for(0.9, BackwardMode::exact));
+  const Mat<double> input = random_input<double>(2, 3, 116);
+  const std::vector<double> expected = gradients_of(net, input);
+  zero_grad(net);
+  Tape<double> tape;
+  const Var<double> x = tape.variable(input);
+  const Var<double> loss = mean(square(net(tape, x)));
+  {
+    Tape<double>::NoGradScope no_grad(tape);  // e.g. an evaluation loop around the step
+    tape.backward(loss);
+    CHECK_FALSE(tape.grad_enabled());
+  }
+  std::vector<double> got;
+  for (Parameter<double>* p : parameters_of(net)) got.insert(got.end(), p->grad_data(), p->grad_data() + p->size());
+  got.insert(got.end(), x.grad().data(), x.grad().data() + x.size());
+  CHECK(got == expected);
 }
 
 TEMPLATE_TEST_CASE("float_inverse drifts with depth, and says so instead of returning garbage", "[momentum]", float,
@@ -439,8 +471,13 @@ TEST_CASE("Bad inputs are refused with clear errors", "[momentum][errors]") {
     REQUIRE_THROWS_WITH(Net(block, 3, options_for(0.0, BackwardMode::exact)), Catch::Contains("has no inverse"));
     REQUIRE_THROWS_WITH(Net(block, 3, options_for(0.0, BackwardMode::float_inverse)),
                         Catch::Contains("has no inverse"));
-    REQUIRE_THROWS_WITH(Net(block, 3, options_for(1e-6, BackwardMode::exact)),
-                        Catch::Contains("(0 at 16 bits) has no inverse"));
+    REQUIRE_THROWS_WITH(Net(block, 3, options_for(1e-6, BackwardMode::stored)),
+                        Catch::Contains("gamma = 0.000001 rounds to 0 at gamma_bits = 16; use more gamma_bits"));
+    REQUIRE_THROWS_WITH(Net(block, 3, options_for(0.999995, BackwardMode::exact)),
+                        Catch::Contains("rounds to 1 at gamma_bits = 16"));
+    MomentumOptions finer = options_for(0.999995, BackwardMode::exact);
+    finer.gamma_bits = 24;
+    REQUIRE_NOTHROW(Net(block, 3, finer));
     REQUIRE_NOTHROW(Net(block, 3, options_for(0.0, BackwardMode::stored)));
   }
   SECTION("fixed-point options") {

@@ -27,7 +27,8 @@
 //   };
 //
 // A "non-residual" block computes the whole update g(x) = x + h(x) itself;
-// the stacks then use f(x) = g(x) - x (StackOptions::residual_blocks = false).
+// the stacks then use f(x) = g(x) - x (residual_blocks = false in
+// MomentumOptions or ResidualOptions).
 // Use check_block_gradients() to test a block's gradients numerically.
 #pragma once
 

@@ -56,7 +56,8 @@ inline std::size_t bit_store_layers_per_spill(const RationalGamma& gamma) {
   if (gamma.numerator() == 0) return 1;
   const double p = static_cast<double>(gamma.numerator());
   const double two_k = static_cast<double>(gamma.denominator());
-  const double log2_g = std::log2(two_k) - std::log2(p);
+  // log2(2^k / p) = -log2(1 - (2^k - p) / 2^k), without cancellation near gamma = 1.
+  const double log2_g = -std::log1p(-(two_k - p) / two_k) / std::log(2.0);
   // log2(1 + A) with A = (2^k - p) 2^(64-k) / (2^k - 1), as log2(A) + log2(1 + 1/A).
   const double log2_a = std::log2(two_k - p) + (64 - gamma.bits()) - std::log2(two_k - 1.0);
   const double layers = (log2_a + std::log2(1.0 + std::exp2(-log2_a))) / log2_g;
@@ -197,13 +198,17 @@ class ExactMomentum {
   }
 
   // First half of inverting layer n: X_n = X_{n+1} - V_{n+1}.
-  void unstep_position() noexcept {
+  void unstep_position(std::size_t layer) {
     const Eigen::Index n = elements_;  // a local: stores through pointers cannot change it
     std::int64_t* X = x_.data();
     const std::int64_t* V = v_.data();
+    std::uint64_t bad = 0;
     for (Eigen::Index i = 0; i < n; ++i) {
-      X[i] = static_cast<std::int64_t>(static_cast<std::uint64_t>(X[i]) - static_cast<std::uint64_t>(V[i]));
+      const std::uint64_t x = static_cast<std::uint64_t>(X[i]) - static_cast<std::uint64_t>(V[i]);
+      bad |= std::uint64_t{!fixed_in_range(x)};
+      X[i] = static_cast<std::int64_t>(x);
     }
+    if (bad != 0) throw_mismatch("x_" + std::to_string(layer) + " (it left the exact range)");
   }
 
   // Second half, given f = f_n(x_n) rebuilt bit for bit: V_n.
@@ -238,16 +243,15 @@ class ExactMomentum {
       const std::uint64_t a = divider_.quotient(shifted);
       const std::uint64_t b = shifted - a * p;
       const std::uint64_t t = (b << k) | r;
-      const std::uint64_t c_quotient = divider_.small_quotient(t);  // t < p 2^k <= 2^48
+      const std::uint64_t c_quotient = divider_.small_quotient(t);  // t < p 2^k <= 2^52
       const std::uint64_t digit = t - c_quotient * p;
-      V[i] = static_cast<std::int64_t>(((a - bias_quotient) << k) + c_quotient);
+      const std::uint64_t v = ((a - bias_quotient) << k) + c_quotient;
+      // A rebuilt state out of range means an earlier layer was not rebuilt exactly.
+      bad |= std::uint64_t{!fixed_in_range(v)} | std::uint64_t{!fixed_in_range(scaled)};
+      V[i] = static_cast<std::int64_t>(v);
       S[i] = (s >> k) * p + digit;  // push d, radix p
     }
-    if (bad != 0) {
-      throw ReconstructionError("momnet::MomentumResidual: layer " + std::to_string(layer) +
-                                ": the rebuilt block output is not finite; the block is not "
-                                "deterministic");
-    }
+    if (bad != 0) throw_mismatch("layer " + std::to_string(layer) + " (its state left the exact range)");
     const SpillStack& source = spill_source_ != nullptr ? *spill_source_ : spills_;
     if (spill_cursor_ > 0 && source[spill_cursor_ - 1].layer == layer) {
       if (!all_zero(S)) throw_mismatch("the bit store before the spill of layer " + std::to_string(layer));
@@ -264,6 +268,12 @@ class ExactMomentum {
     if (std::memcmp(expected.x_.data(), x_.data(), bytes()) != 0) throw_mismatch("x_0");
     if (std::memcmp(expected.v_.data(), v_.data(), bytes()) != 0) throw_mismatch("v_0");
     verify_store_empty();
+  }
+
+  // Frees the spills an in-place inverse has taken back (the store's memory
+  // then reflects the layer the state stands at).
+  void release_spent_spills() {
+    if (spill_source_ == nullptr) spills_.erase(spills_.begin() + static_cast<std::ptrdiff_t>(spill_cursor_), spills_.end());
   }
 
   // Throws ReconstructionError unless every stored bit has been given back:
@@ -299,8 +309,8 @@ class ExactMomentum {
   void spill(std::size_t layer) {
     Spill entry{layer, Buffer<std::uint64_t>(static_cast<std::size_t>(elements_), counter_)};
     std::memcpy(entry.words.data(), store_.data(), bytes());
+    spills_.push_back(std::move(entry));  // before clearing: a throw leaves the store intact
     std::memset(store_.data(), 0, bytes());
-    spills_.push_back(std::move(entry));
     spill_cursor_ = spills_.size();
   }
 
@@ -362,8 +372,9 @@ class ExactMomentum {
   [[noreturn]] void throw_mismatch(const std::string& what) const {
     throw ReconstructionError(
         "momnet::MomentumResidual: the exact backward did not rebuild " + what +
-        " bit for bit; a block is not deterministic (randomness without replay, state changed "
-        "between forward and backward, or a different thread count)");
+        " bit for bit: a block is not deterministic (randomness without replay, parameters or "
+        "state changed between forward and backward, a different thread count), or the input's "
+        "storage changed. Gradients accumulated by this backward pass are invalid");
   }
 
   Eigen::Index elements_;

@@ -110,10 +110,13 @@ class ConstantDivider {
   std::uint64_t divisor() const noexcept { return divisor_; }
 
   // floor(x) for |x| < 2^62, written as truncation and a correction because
-  // GCC turns (int64) floor(x) into a call it cannot vectorise.
+  // GCC turns (int64) floor(x) into a call it cannot vectorise. Clamped so
+  // that inputs outside the domain give a wrong number, never undefined
+  // behaviour.
   static std::int64_t floor_to_int(double x) noexcept {
-    const std::int64_t truncated = static_cast<std::int64_t>(x);
-    return truncated - std::int64_t{static_cast<double>(truncated) > x};
+    const double clamped = std::max(-0x1p62, std::min(x, 0x1p62));
+    const std::int64_t truncated = static_cast<std::int64_t>(clamped);
+    return truncated - std::int64_t{static_cast<double>(truncated) > clamped};
   }
 
   // floor(n / d) for n < 2^53: n converts to double exactly, the estimate is

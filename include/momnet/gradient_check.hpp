@@ -80,13 +80,23 @@ template <class Function>
 GradientCheckResult check_gradients(Function&& function, std::vector<Tensor<double>> inputs,
                                     const std::vector<Parameter<double>*>& parameters = {},
                                     const GradientCheckOptions& options = {}) {
-  // Analytic gradients.
-  std::vector<Buffer<double>> saved_grads;
+  // The parameters' gradients come back as they were, even if `function` throws.
+  struct RestoreGradients {
+    const std::vector<Parameter<double>*>& parameters;
+    std::vector<Buffer<double>> saved;
+    ~RestoreGradients() {
+      for (std::size_t k = 0; k < saved.size(); ++k) {
+        std::copy(saved[k].data(), saved[k].data() + parameters[k]->size(), parameters[k]->grad_data());
+      }
+    }
+  } restore{parameters, {}};
   for (Parameter<double>* p : parameters) {
-    saved_grads.emplace_back(static_cast<std::size_t>(p->size()));
-    std::copy(p->grad_data(), p->grad_data() + p->size(), saved_grads.back().data());
+    restore.saved.emplace_back(static_cast<std::size_t>(p->size()));
+    std::copy(p->grad_data(), p->grad_data() + p->size(), restore.saved.back().data());
     p->zero_grad();
   }
+
+  // Analytic gradients.
   std::vector<std::vector<double>> input_grads;
   std::vector<std::vector<double>> parameter_grads;
   {
@@ -113,11 +123,15 @@ GradientCheckResult check_gradients(Function&& function, std::vector<Tensor<doub
   auto central_difference = [&](double& x) {
     const double original = x;
     const double h = options.step * std::max(1.0, std::abs(original));
+    struct RestoreValue {
+      double& value;
+      double original;
+      ~RestoreValue() { value = original; }  // also when `function` throws
+    } restore_value{x, original};
     x = original + h;
     const double plus = evaluate();
     x = original - h;
     const double minus = evaluate();
-    x = original;
     return (plus - minus) / (2.0 * h);
   };
 
@@ -139,11 +153,6 @@ GradientCheckResult check_gradients(Function&& function, std::vector<Tensor<doub
                          parameter_grads[k][static_cast<std::size_t>(e)], numeric});
     }
   }
-  for (std::size_t k = 0; k < parameters.size(); ++k) {
-    std::copy(saved_grads[k].data(), saved_grads[k].data() + parameters[k]->size(),
-              parameters[k]->grad_data());
-  }
-
   double scale = 0.0;
   for (const auto& entry : entries) scale = std::max(scale, std::abs(entry.numeric));
   const double floor = std::max(options.relative_floor * scale, 1e-300);

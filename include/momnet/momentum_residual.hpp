@@ -78,9 +78,10 @@ struct MomentumOptions {
   int fraction_bits = 0;
   // k in gamma = p / 2^k.
   int gamma_bits = 16;
-  // float_inverse only: the largest relative difference allowed between the
-  // rebuilt and the real input (max |x_rebuilt - x| / max |x|) before the
-  // backward pass throws instead of returning drifted gradients.
+  // float_inverse only: the largest difference allowed between the rebuilt
+  // and the real input, max |x_rebuilt - x| / max(1, max |x|), before the
+  // backward pass throws ReconstructionError. The gradients it accumulated
+  // before throwing are invalid: zero them before the next step.
   double float_drift_tolerance = 1e-3;
 };
 
@@ -114,6 +115,8 @@ class MomentumState {
   const Shape& shape() const noexcept { return shape_; }
   // The layer the state stands at: depth after evaluate(), 0 after inverse().
   std::size_t layer() const noexcept { return layer_; }
+  // layer() of a state whose inverse failed part-way.
+  static constexpr std::size_t broken = ~std::size_t{0};
   Tensor<T> x() const { return read(&ExactMomentum<T>::read_x); }
   Tensor<T> v() const { return read(&ExactMomentum<T>::read_v); }
   const ExactMomentum<T>& exact() const noexcept { return engine_; }
@@ -151,12 +154,17 @@ class MomentumResidual {
       : stack_(std::move(stack)), options_(validated(options)),
         format_(options_.fraction_bits == 0 ? default_fraction_bits<T>() : options_.fraction_bits),
         gamma_(options_.gamma, options_.gamma_bits) {
+    const bool to_zero = options_.gamma > 0.0 && gamma_.numerator() == 0;
+    const bool to_one = options_.gamma < 1.0 && gamma_.numerator() == gamma_.denominator();
+    if (to_zero || to_one) {
+      throw std::invalid_argument("momnet::MomentumResidual: gamma = " + std::to_string(options_.gamma) +
+                                  " rounds to " + (to_zero ? "0" : "1") + " at gamma_bits = " +
+                                  std::to_string(options_.gamma_bits) + "; use more gamma_bits");
+    }
     if (options_.mode != BackwardMode::stored && gamma_.numerator() == 0) {
       throw std::invalid_argument(
-          "momnet::MomentumResidual: gamma = " + std::to_string(options_.gamma) +
-          " (0 at " + std::to_string(options_.gamma_bits) +
-          " bits) has no inverse; the memory-free backward modes need gamma > 0 (use "
-          "BackwardMode::stored, or Residual)");
+          "momnet::MomentumResidual: gamma = 0 has no inverse; the memory-free backward modes need "
+          "gamma > 0 (use BackwardMode::stored, or Residual)");
     }
   }
   // One block per layer.
@@ -199,7 +207,10 @@ class MomentumResidual {
   // fixed-point state and its bit store so that inverse() can undo it.
   MomentumState<T> evaluate(const Tensor<T>& x, const Tensor<T>* velocity = nullptr,
                             const Tensor<T>* context = nullptr) {
-    require_exact_arithmetic("evaluate");
+    if (options_.mode == BackwardMode::float_inverse) {
+      throw std::logic_error("momnet::MomentumResidual::evaluate: runs the exact arithmetic; this model uses "
+                             "BackwardMode::float_inverse");
+    }
     if (velocity != nullptr && velocity->shape() != x.shape()) {
       detail::throw_shapes("momnet::MomentumResidual::evaluate", x.shape(), velocity->shape(),
                            "the velocity must have the shape of x");
@@ -217,7 +228,14 @@ class MomentumResidual {
   // Rebuilds the input state (x_0, v_0) from an output state of evaluate(),
   // exactly: every bit the forward pass dropped is taken back from the store.
   void inverse(MomentumState<T>& state, const Tensor<T>* context = nullptr) {
-    require_exact_arithmetic("inverse");
+    if (options_.mode == BackwardMode::float_inverse || gamma_.numerator() == 0) {
+      throw std::logic_error("momnet::MomentumResidual::inverse: needs the exact arithmetic (mode exact or "
+                             "stored) and gamma > 0");
+    }
+    if (state.layer_ == MomentumState<T>::broken) {
+      throw std::logic_error("momnet::MomentumResidual::inverse: an earlier inverse of this state failed "
+                             "part-way; the state is no longer usable");
+    }
     if (state.layer_ != stack_.depth()) {
       throw std::logic_error("momnet::MomentumResidual::inverse: the state stands at layer " +
                              std::to_string(state.layer_) + ", not at the output (layer " +
@@ -226,11 +244,13 @@ class MomentumResidual {
     Tape<T> tape(*state.counter_);
     typename Tape<T>::NoGradScope no_grad(tape);
     const Var<T> ctx = context != nullptr ? tape.constant(*context) : Var<T>();
+    state.layer_ = MomentumState<T>::broken;  // until every layer is undone
     for (std::size_t n = stack_.depth(); n-- > 0;) {
       const TapeScope<T> layer(tape);
       rebuild_layer(tape, state.engine_, n, state.shape_, ctx, false);
     }
     state.engine_.verify_store_empty();
+    state.engine_.release_spent_spills();
     state.layer_ = 0;
   }
 
@@ -263,13 +283,6 @@ class MomentumResidual {
     }
     if (options.fraction_bits != 0) FixedPointFormat{options.fraction_bits};
     return options;
-  }
-
-  void require_exact_arithmetic(const char* what) const {
-    if (options_.mode == BackwardMode::float_inverse || gamma_.numerator() == 0) {
-      throw std::logic_error(std::string("momnet::MomentumResidual::") + what +
-                             ": needs the exact arithmetic (mode exact or stored) and gamma > 0");
-    }
   }
 
   Var<T> evaluate_block(Tape<T>& tape, std::size_t n, const Var<T>& x, const Var<T>& context) {
@@ -310,7 +323,7 @@ class MomentumResidual {
   // and f_n(x_n) on the tape, and returns them.
   std::pair<Var<T>, Var<T>> rebuild_layer(Tape<T>& tape, ExactMomentum<T>& state, std::size_t n, const Shape& shape,
                                           const Var<T>& context, bool with_gradient) {
-    state.unstep_position();
+    state.unstep_position(n);
     T* xn_value = tape.allocate(shape.size());
     state.read_x(xn_value);
     const Var<T> xn = tape.leaf(shape, xn_value, with_gradient);

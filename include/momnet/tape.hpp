@@ -202,7 +202,12 @@ class Tape {
     using Step = StepOf<std::decay_t<Backward>>;
     void* place = arena_.allocate(sizeof(Step));
     Step* step = new (place) Step(std::forward<Backward>(backward));
-    return push(shape, value, true, step, !std::is_trivially_destructible_v<std::decay_t<Backward>>);
+    try {
+      return push(shape, value, true, step, !std::is_trivially_destructible_v<std::decay_t<Backward>>);
+    } catch (...) {
+      step->~Step();  // the node list could not grow: the step would leak its resources
+      throw;
+    }
   }
 
   // The gradient buffer of `var`, zero-filled on first use, to add into.
@@ -420,6 +425,13 @@ class Tape {
   }
 
   void seed_and_walk(const Var<T>& output, const T* seed, std::size_t floor) {
+    // Steps that re-record (nested scopes) need gradients on, even when the
+    // caller's backward sits inside a NoGradScope.
+    struct RestoreGradMode {
+      Tape& tape;
+      bool saved;
+      ~RestoreGradMode() { tape.grad_enabled_ = saved; }
+    } restore{*this, std::exchange(grad_enabled_, true)};
     T* grad = gradient_for(output);
     const Eigen::Index n = checked(output).shape.size();
     // The seed is the caller's memory: no alignment is assumed.
