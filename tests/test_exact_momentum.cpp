@@ -20,8 +20,8 @@ TEST_CASE("ConstantDivider agrees with hardware division", "[exact]") {
   const std::uint64_t max = ~std::uint64_t{0};
   for (std::uint64_t d : divisors) {
     const ConstantDivider divider(d);
-    // The domain: quotients up to 2^63.
-    const std::uint64_t largest = d >= 2 ? max : std::uint64_t{1} << 63;
+    // The domain: every 64-bit numerator (d = 1 near 2^64 tests the capped estimate).
+    const std::uint64_t largest = max;
     std::vector<std::uint64_t> numerators = {0, 1, d - 1, d, d + 1, largest, largest - 1, largest - d,
                                              std::uint64_t{1} << 62, (std::uint64_t{1} << 62) + d - 1};
     for (int j = 0; j < 3000; ++j) numerators.push_back(std::min(largest, rng.next() >> (j % 64)));
