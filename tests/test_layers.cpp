@@ -42,6 +42,17 @@ Moments moments_of(const Parameter<T>& p) {
   return {mean, (a - mean).square().sum() / static_cast<double>(a.size() - 1), a.minCoeff(), a.maxCoeff()};
 }
 
+// A sample of n draws of U(-bound, bound): inside the bounds, reaching near
+// both ends, centred, with the uniform's variance bound^2 / 3.
+void check_uniform(const Moments& m, double bound, double n) {
+  CHECK(m.min >= -bound);
+  CHECK(m.max <= bound);
+  CHECK(m.min < -0.99 * bound);
+  CHECK(m.max > 0.99 * bound);
+  CHECK(std::abs(m.mean) < 4.0 * bound / std::sqrt(3.0 * n));
+  CHECK(m.variance == Approx(bound * bound / 3.0).epsilon(0.03));
+}
+
 // How many elements two parameters share exactly.
 template <class T>
 Eigen::Index equal_elements(const Parameter<T>& a, const Parameter<T>& b) {
@@ -126,13 +137,7 @@ TEST_CASE("kaiming and xavier initialisers: bounds, moments, seeds", "[layers][i
     Rng rng(1);
     momnet::init::kaiming_uniform(p, fan_in, rng);
     const double bound = std::sqrt(2.0) * std::sqrt(3.0 / fan_in);
-    const Moments m = moments_of(p);
-    CHECK(m.min >= -bound);
-    CHECK(m.max <= bound);
-    CHECK(m.min < -0.99 * bound);
-    CHECK(m.max > 0.99 * bound);
-    CHECK(std::abs(m.mean) < 4.0 * bound / std::sqrt(3.0 * n));
-    CHECK(m.variance == Approx(2.0 / fan_in).epsilon(0.03));
+    check_uniform(moments_of(p), bound, n);
     Rng gain_one(1);
     momnet::init::kaiming_uniform(q, fan_in, gain_one, 1.0);
     CHECK(q.value().isApprox(p.value() / std::sqrt(2.0), 1e-12));  // same draws, other bound
@@ -151,13 +156,7 @@ TEST_CASE("kaiming and xavier initialisers: bounds, moments, seeds", "[layers][i
     Rng rng(3);
     momnet::init::xavier_uniform(p, fan_in, fan_out, rng);
     const double bound = std::sqrt(6.0 / (fan_in + fan_out));
-    const Moments m = moments_of(p);
-    CHECK(m.min >= -bound);
-    CHECK(m.max <= bound);
-    CHECK(m.min < -0.99 * bound);
-    CHECK(m.max > 0.99 * bound);
-    CHECK(std::abs(m.mean) < 4.0 * bound / std::sqrt(3.0 * n));
-    CHECK(m.variance == Approx(2.0 / (fan_in + fan_out)).epsilon(0.03));
+    check_uniform(moments_of(p), bound, n);
   }
   SECTION("xavier_normal: N(0, 2 / (fan_in + fan_out)), times the gain") {
     Rng rng(4);
