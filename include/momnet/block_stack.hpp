@@ -31,10 +31,6 @@ class BlockStack {
   std::vector<Block>& blocks() noexcept { return blocks_; }
   const std::vector<Block>& blocks() const noexcept { return blocks_; }
 
-  template <class Visitor>
-  void visit_parameters(Visitor&& visit) {
-    for (Block& block : blocks_) block.visit_parameters(visit);
-  }
 
  private:
   std::vector<Block> blocks_;

@@ -21,6 +21,9 @@
 #include <utility>
 #include <vector>
 
+#include "momnet/block.hpp"
+#include "momnet/call_context.hpp"
+#include "momnet/module.hpp"
 #include "momnet/ops/elementwise.hpp"
 #include "momnet/ops/reduction.hpp"
 #include "momnet/parameter.hpp"
@@ -175,15 +178,21 @@ GradientCheckResult check_gradients(Function&& function, std::vector<Tensor<doub
   return result;
 }
 
-// The gradients of block.forward(tape, x) with respect to x and every
-// parameter of the block.
+// The gradients of the block's forward with respect to x and every parameter
+// of the block. A block that takes a CallContext is called with `context`
+// (layer 0, step 0, training, not a replay, no extra inputs by default); it is
+// called many times, so it must be a pure function of its arguments (as the
+// Block concept asks).
 template <class Block>
 GradientCheckResult check_block_gradients(Block& block, const Tensor<double>& input,
-                                          const GradientCheckOptions& options = {}) {
+                                          const GradientCheckOptions& options = {},
+                                          const CallContext<double>& context = CallContext<double>()) {
   static_assert(std::is_same_v<typename Block::Scalar, double>,
                 "check_block_gradients needs a double-precision block");
   return check_gradients(
-      [&block](Tape<double>& tape, const std::vector<Var<double>>& x) { return block.forward(tape, x[0]); },
+      [&block, context](Tape<double>& tape, const std::vector<Var<double>>& x) {
+        return detail::call_block(block, tape, x[0], context, "momnet::check_block_gradients");
+      },
       {input}, parameters_of(block), options);
 }
 

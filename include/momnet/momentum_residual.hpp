@@ -4,15 +4,16 @@
 //   x_{n+1} = x_n + v_{n+1}
 //
 // The rule is invertible for gamma > 0, so the backward pass can rebuild every
-// activation from the output instead of storing it. Backward modes:
+// activation from the output instead of storing it (docs/design.md). Modes:
 //
-//   exact          (default) One node on the caller's tape keeps only the final
-//                  state, in 64-bit fixed point, and a bit store of the bits
-//                  the multiplications by gamma drop (exact_momentum.hpp). Its
-//                  backward walks the layers in reverse, rebuilding x_n and v_n
-//                  bit for bit, re-recording one block at a time on a nested
-//                  scope, taking its vector-Jacobian product and rewinding.
-//                  Activation memory is one block's, whatever the depth.
+//   exact          (default) One two-output node (x_N, v_N) on the caller's
+//                  tape keeps only the final state, in 64-bit fixed point, and
+//                  a bit store of the bits the multiplications by gamma drop
+//                  (exact_momentum.hpp). Its backward walks the layers in
+//                  reverse, rebuilding x_n and v_n bit for bit, re-recording
+//                  one block at a time on a nested scope, taking its
+//                  vector-Jacobian product and rewinding. Activation memory is
+//                  one block's, whatever the depth.
 //   stored         The same forward arithmetic (so the same outputs, bit for
 //                  bit), recorded layer by layer on the tape: plain backprop,
 //                  memory growing with depth. Allows gamma = 0 (a ResNet).
@@ -26,18 +27,30 @@
 //   gx_n = gx_{n+1} + (1 - gamma) J_x f_n(x_n)^T c,  gv_n = gamma c,
 //   gtheta_n += (1 - gamma) J_theta f_n(x_n)^T c.
 // The rounding to fixed point is treated as the identity (straight through).
+// The exact and float modes share that reverse sweep; they differ only in how
+// a layer is rebuilt.
 //
 // gamma is used as the rational p / 2^k nearest to it (k = gamma_bits, 16 by
 // default: gamma = 0.9 becomes 58982 / 65536 = 0.899993896...), in every mode.
 //
-// The model must not move or be destroyed between a forward pass and the
-// backward pass of the tape it was recorded on: the tape calls its blocks.
+// Blocks are called with a CallContext (call_context.hpp): the layer, the
+// stack's step (its count of forward passes, the same on replay), train/eval,
+// replay (true when the backward rebuilds a layer), the seed and the extra
+// inputs.
+//
+// A recorded forward pass refers to the model through a cell the model
+// updates when it moves, so moving a model (a growing std::vector of them)
+// between forward and backward is safe; destroying it makes the backward
+// throw.
 #pragma once
 
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
+#include <cstdint>
+#include <cstdlib>
 #include <functional>
+#include <iomanip>
 #include <memory>
 #include <sstream>
 #include <stdexcept>
@@ -47,101 +60,19 @@
 
 #include "momnet/block.hpp"
 #include "momnet/block_stack.hpp"
+#include "momnet/call_context.hpp"
 #include "momnet/exact_momentum.hpp"
 #include "momnet/fixed_point.hpp"
 #include "momnet/memory.hpp"
+#include "momnet/module.hpp"
+#include "momnet/momentum_options.hpp"
+#include "momnet/momentum_state.hpp"
 #include "momnet/ops/checks.hpp"
 #include "momnet/residual.hpp"
 #include "momnet/tape.hpp"
 #include "momnet/tensor.hpp"
 
 namespace momnet {
-
-enum class BackwardMode { exact, stored, float_inverse };
-
-inline const char* to_string(BackwardMode mode) {
-  switch (mode) {
-    case BackwardMode::exact: return "exact";
-    case BackwardMode::stored: return "stored";
-    case BackwardMode::float_inverse: return "float_inverse";
-  }
-  return "unknown";
-}
-
-struct MomentumOptions {
-  double gamma = 0.9;
-  BackwardMode mode = BackwardMode::exact;
-  // false: each block computes x + h(x) itself and f(x) = block(x) - x.
-  bool residual_blocks = true;
-  // Fixed-point fraction bits F; 0 picks the scalar's default (float 32,
-  // double 44; see fixed_point.hpp for range and resolution).
-  int fraction_bits = 0;
-  // k in gamma = p / 2^k.
-  int gamma_bits = 16;
-  // float_inverse only: the largest difference allowed between the rebuilt
-  // and the real input, max |x_rebuilt - x| / max(1, max |x|), before the
-  // backward pass throws ReconstructionError. The gradients it accumulated
-  // before throwing are invalid: zero them before the next step.
-  double float_drift_tolerance = 1e-3;
-};
-
-template <class T>
-struct MomentumOutput {
-  Var<T> x;  // x_N
-  Var<T> v;  // v_N
-  std::size_t bit_store_bytes = 0;  // exact mode: bytes held by the bit store
-  std::size_t spills = 0;           // exact mode: layers that spilled the store
-};
-
-// What an observer sees: the state (x_n, v_n) entering layer n, in the forward
-// pass before the layer and in the backward pass once rebuilt. Fixed-point
-// words in the exact and stored modes, reals in float_inverse.
-template <class T>
-struct LayerEvent {
-  enum class Phase { forward, backward };
-  Phase phase;
-  std::size_t layer;
-  Eigen::Index elements;
-  const std::int64_t* x_fixed = nullptr;
-  const std::int64_t* v_fixed = nullptr;
-  const T* x = nullptr;
-  const T* v = nullptr;
-};
-
-// An exact state outside any tape, for MomentumResidual::evaluate / inverse.
-template <class T>
-class MomentumState {
- public:
-  const Shape& shape() const noexcept { return shape_; }
-  // The layer the state stands at: depth after evaluate(), 0 after inverse().
-  std::size_t layer() const noexcept { return layer_; }
-  // layer() of a state whose inverse failed part-way.
-  static constexpr std::size_t broken = ~std::size_t{0};
-  Tensor<T> x() const { return read(&ExactMomentum<T>::read_x); }
-  Tensor<T> v() const { return read(&ExactMomentum<T>::read_v); }
-  const ExactMomentum<T>& exact() const noexcept { return engine_; }
-  std::size_t bit_store_bytes() const noexcept { return engine_.store_bytes(); }
-
- private:
-  template <class Block>
-  friend class MomentumResidual;
-
-  MomentumState(const Shape& shape, const FixedPointFormat& format, const RationalGamma& gamma)
-      : counter_(std::make_unique<MemoryCounter>()),
-        engine_(shape.size(), format, gamma, *counter_),
-        shape_(shape) {}
-
-  Tensor<T> read(void (ExactMomentum<T>::*reader)(T*) const) const {
-    Tensor<T> out(shape_);
-    (engine_.*reader)(out.data());
-    return out;
-  }
-
-  std::unique_ptr<MemoryCounter> counter_;
-  ExactMomentum<T> engine_;
-  Shape shape_;
-  std::size_t layer_ = 0;
-};
 
 template <class Block>
 class MomentumResidual {
@@ -153,13 +84,13 @@ class MomentumResidual {
   explicit MomentumResidual(BlockStack<Block> stack, MomentumOptions options = {})
       : stack_(std::move(stack)), options_(validated(options)),
         format_(options_.fraction_bits == 0 ? default_fraction_bits<T>() : options_.fraction_bits),
-        gamma_(options_.gamma, options_.gamma_bits) {
+        gamma_(options_.gamma, options_.gamma_bits), self_(std::make_shared<MomentumResidual*>(this)) {
     const bool to_zero = options_.gamma > 0.0 && gamma_.numerator() == 0;
     const bool to_one = options_.gamma < 1.0 && gamma_.numerator() == gamma_.denominator();
     if (to_zero || to_one) {
-      throw std::invalid_argument("momnet::MomentumResidual: gamma = " + std::to_string(options_.gamma) +
-                                  " rounds to " + (to_zero ? "0" : "1") + " at gamma_bits = " +
-                                  std::to_string(options_.gamma_bits) + "; use more gamma_bits");
+      throw std::invalid_argument("momnet::MomentumResidual: gamma = " + precise(options_.gamma) + " rounds to " +
+                                  (to_zero ? "0" : "1") + " at gamma_bits = " + std::to_string(options_.gamma_bits) +
+                                  "; use more gamma_bits");
     }
     if (options_.mode != BackwardMode::stored && gamma_.numerator() == 0) {
       throw std::invalid_argument(
@@ -174,16 +105,60 @@ class MomentumResidual {
   MomentumResidual(Block block, std::size_t depth, MomentumOptions options = {})
       : MomentumResidual(BlockStack<Block>(std::move(block), depth), options) {}
 
-  // x_N from x_0 with v_0 = 0; `context`, when given, goes to every block.
-  Var<T> operator()(Tape<T>& tape, const Var<T>& x, const Var<T>& context = Var<T>()) {
-    return forward(tape, x, Var<T>(), context).x;
+  // A copy is a new model: passes recorded on the original stay with it.
+  MomentumResidual(const MomentumResidual& other)
+      : stack_(other.stack_), options_(other.options_), format_(other.format_), gamma_(other.gamma_),
+        observer_(other.observer_), step_(other.step_), training_(other.training_),
+        self_(std::make_shared<MomentumResidual*>(this)) {}
+  // A move takes the passes recorded on `other` along: their backward runs here.
+  MomentumResidual(MomentumResidual&& other) noexcept
+      : stack_(std::move(other.stack_)), options_(other.options_), format_(other.format_), gamma_(other.gamma_),
+        observer_(std::move(other.observer_)), step_(other.step_), training_(other.training_),
+        self_(std::move(other.self_)) {
+    *self_ = this;
+    other.self_ = std::make_shared<MomentumResidual*>(&other);
+  }
+  MomentumResidual& operator=(const MomentumResidual& other) {
+    if (this != &other) *this = MomentumResidual(other);
+    return *this;
+  }
+  MomentumResidual& operator=(MomentumResidual&& other) noexcept {
+    if (this == &other) return *this;
+    *self_ = nullptr;  // passes recorded on the model being replaced can no longer run
+    stack_ = std::move(other.stack_);
+    options_ = other.options_;
+    format_ = other.format_;
+    gamma_ = other.gamma_;
+    observer_ = std::move(other.observer_);
+    step_ = other.step_;
+    training_ = other.training_;
+    self_ = std::move(other.self_);
+    *self_ = this;
+    other.self_ = std::make_shared<MomentumResidual*>(&other);
+    return *this;
+  }
+  ~MomentumResidual() {
+    if (self_) *self_ = nullptr;
+  }
+
+  // x_N from x_0 with v_0 = 0; `extra`, when given, goes to every block.
+  Var<T> operator()(Tape<T>& tape, const Var<T>& x, const Var<T>& extra = Var<T>()) {
+    return forward(tape, x, Var<T>(), extra).x;
+  }
+  // x_N from x_0 with v_0 = 0 and any number of extra inputs for the blocks.
+  Var<T> operator()(Tape<T>& tape, const Var<T>& x, const std::vector<Var<T>>& extras) {
+    return forward(tape, x, Var<T>(), extras).x;
   }
 
   // (x_N, v_N) from x_0 and v_0 (`velocity`, or zero when empty). For an
   // initial velocity v_0 = g(x_0), record g on the tape and pass its output:
   // it receives gradients like any Var.
   MomentumOutput<T> forward(Tape<T>& tape, const Var<T>& x, const Var<T>& velocity = Var<T>(),
-                            const Var<T>& context = Var<T>()) {
+                            const Var<T>& extra = Var<T>()) {
+    return forward(tape, x, velocity, extra.valid() ? std::vector<Var<T>>{extra} : std::vector<Var<T>>{});
+  }
+  MomentumOutput<T> forward(Tape<T>& tape, const Var<T>& x, const Var<T>& velocity,
+                            const std::vector<Var<T>>& extras) {
     const char* name = "momnet::MomentumResidual";
     detail::common_tape(name, x);
     if (&x.tape() != &tape) throw std::invalid_argument(std::string(name) + ": x belongs to another tape");
@@ -193,12 +168,14 @@ class MomentumResidual {
         detail::throw_shapes(name, x.shape(), velocity.shape(), "the velocity must have the shape of x");
       }
     }
-    if (context.valid()) detail::common_tape(name, x, context);
-    if (!tape.grad_enabled()) return forward_without_gradients(tape, x, velocity, context);
+    for (const Var<T>& extra : extras) detail::common_tape(name, x, extra);
+    const Call call{step_, training_};
+    ++step_;
+    if (!tape.grad_enabled()) return forward_without_gradients(tape, x, velocity, extras, call);
     switch (options_.mode) {
-      case BackwardMode::exact: return forward_exact(tape, x, velocity, context);
-      case BackwardMode::stored: return forward_stored(tape, x, velocity, context);
-      case BackwardMode::float_inverse: return forward_float(tape, x, velocity, context);
+      case BackwardMode::exact: return forward_exact(tape, x, velocity, extras, call);
+      case BackwardMode::stored: return forward_stored(tape, x, velocity, extras, call);
+      case BackwardMode::float_inverse: return forward_float(tape, x, velocity, extras, call);
     }
     throw std::logic_error("momnet::MomentumResidual: unknown backward mode");
   }
@@ -206,7 +183,10 @@ class MomentumResidual {
   // The exact forward pass outside any tape (inference), keeping the final
   // fixed-point state and its bit store so that inverse() can undo it.
   MomentumState<T> evaluate(const Tensor<T>& x, const Tensor<T>* velocity = nullptr,
-                            const Tensor<T>* context = nullptr) {
+                            const Tensor<T>* extra = nullptr) {
+    return evaluate(x, velocity, extra != nullptr ? std::vector<const Tensor<T>*>{extra} : std::vector<const Tensor<T>*>{});
+  }
+  MomentumState<T> evaluate(const Tensor<T>& x, const Tensor<T>* velocity, const std::vector<const Tensor<T>*>& extras) {
     if (options_.mode == BackwardMode::float_inverse) {
       throw std::logic_error("momnet::MomentumResidual::evaluate: runs the exact arithmetic; this model uses "
                              "BackwardMode::float_inverse");
@@ -217,17 +197,25 @@ class MomentumResidual {
     }
     MomentumState<T> state(x.shape(), format_, gamma_);
     state.engine_.load(x.data(), velocity != nullptr ? velocity->data() : nullptr);
+    state.input_digest_ = state.digest();
+    state.step_ = step_;
+    state.training_ = training_;
     Tape<T> tape(*state.counter_);
     typename Tape<T>::NoGradScope no_grad(tape);
-    const Var<T> ctx = context != nullptr ? tape.constant(*context) : Var<T>();
-    run_exact_forward(tape, state.engine_, x.shape(), ctx);
+    const std::vector<Var<T>> vars = constants(tape, extras);
+    run_exact_forward(tape, state.engine_, x.shape(), vars, Call{state.step_, state.training_});
     state.layer_ = stack_.depth();
     return state;
   }
 
   // Rebuilds the input state (x_0, v_0) from an output state of evaluate(),
   // exactly: every bit the forward pass dropped is taken back from the store.
-  void inverse(MomentumState<T>& state, const Tensor<T>* context = nullptr) {
+  // Throws ReconstructionError when the result is not the state evaluate()
+  // started from (parameters or extra inputs changed in between).
+  void inverse(MomentumState<T>& state, const Tensor<T>* extra = nullptr) {
+    inverse(state, extra != nullptr ? std::vector<const Tensor<T>*>{extra} : std::vector<const Tensor<T>*>{});
+  }
+  void inverse(MomentumState<T>& state, const std::vector<const Tensor<T>*>& extras) {
     if (options_.mode == BackwardMode::float_inverse || gamma_.numerator() == 0) {
       throw std::logic_error("momnet::MomentumResidual::inverse: needs the exact arithmetic (mode exact or "
                              "stored) and gamma > 0");
@@ -243,13 +231,19 @@ class MomentumResidual {
     }
     Tape<T> tape(*state.counter_);
     typename Tape<T>::NoGradScope no_grad(tape);
-    const Var<T> ctx = context != nullptr ? tape.constant(*context) : Var<T>();
+    const std::vector<Var<T>> vars = constants(tape, extras);
+    const Call call{state.step_, state.training_};
     state.layer_ = MomentumState<T>::broken;  // until every layer is undone
     for (std::size_t n = stack_.depth(); n-- > 0;) {
       const TapeScope<T> layer(tape);
-      rebuild_layer(tape, state.engine_, n, state.shape_, ctx, false);
+      rebuild_layer(tape, state.engine_, n, state.shape_, vars, call, false);
     }
     state.engine_.verify_store_empty();
+    if (state.digest() != state.input_digest_) {
+      throw ReconstructionError(
+          "momnet::MomentumResidual::inverse: the rebuilt input state differs from the one evaluate() started "
+          "from: the parameters or the extra inputs changed in between");
+    }
     state.engine_.release_spent_spills();
     state.layer_ = 0;
   }
@@ -258,10 +252,24 @@ class MomentumResidual {
   // use it to prove the rebuild is bitwise); empty by default.
   void set_observer(Observer observer) { observer_ = std::move(observer); }
 
+  // Blocks named `0`, `1`, ... (a weight-tied stack names its one block `0`).
+  template <class Visitor>
+  void visit_state(Visitor& visit) {
+    for (std::size_t i = 0; i < stack_.blocks().size(); ++i) visit.child(std::to_string(i), stack_.blocks()[i]);
+  }
   template <class Visitor>
   void visit_parameters(Visitor&& visit) {
-    stack_.visit_parameters(visit);
+    for_each_parameter(*this, visit);
   }
+
+  // Train or eval mode, passed to the blocks in their CallContext (set by
+  // momnet::train / eval / set_training on any enclosing module).
+  void set_training(bool training) noexcept { training_ = training; }
+  bool training() const noexcept { return training_; }
+  // The number of forward passes so far: the step the next pass gives its
+  // blocks. Set it to resume a run (random draws are keyed by it).
+  std::uint64_t step() const noexcept { return step_; }
+  void set_step(std::uint64_t step) noexcept { step_ = step; }
 
   std::size_t depth() const noexcept { return stack_.depth(); }
   const MomentumOptions& options() const noexcept { return options_; }
@@ -272,22 +280,72 @@ class MomentumResidual {
   const BlockStack<Block>& stack() const noexcept { return stack_; }
 
  private:
+  // What is fixed for a whole pass, forward and backward.
+  struct Call {
+    std::uint64_t step;
+    bool training;
+  };
+  using Self = std::shared_ptr<MomentumResidual*>;
+
+  // The shortest decimal that reads back as `value` (1 - 1e-9 prints as
+  // 0.999999999, not 1.000000).
+  static std::string precise(double value) {
+    std::string text;
+    for (int digits = 6; digits <= 17; ++digits) {
+      std::ostringstream out;
+      out << std::setprecision(digits) << value;
+      text = out.str();
+      if (std::strtod(text.c_str(), nullptr) == value) break;
+    }
+    return text;
+  }
+
   static MomentumOptions validated(MomentumOptions options) {
     const std::string name = "momnet::MomentumResidual: ";
     if (!(options.gamma >= 0.0 && options.gamma <= 1.0)) {
-      throw std::invalid_argument(name + "gamma must lie in [0, 1], got " + std::to_string(options.gamma));
+      throw std::invalid_argument(name + "gamma must lie in [0, 1], got " + precise(options.gamma));
     }
     if (!(options.float_drift_tolerance >= 0.0)) {
       throw std::invalid_argument(name + "float_drift_tolerance must be >= 0, got " +
-                                  std::to_string(options.float_drift_tolerance));
+                                  precise(options.float_drift_tolerance));
     }
     if (options.fraction_bits != 0) FixedPointFormat{options.fraction_bits};
     return options;
   }
 
-  Var<T> evaluate_block(Tape<T>& tape, std::size_t n, const Var<T>& x, const Var<T>& context) {
-    return detail::residual_function(stack_.layer(n), tape, x, context, options_.residual_blocks,
-                                     "momnet::MomentumResidual", n);
+  // The model a recorded pass belongs to, wherever it has moved.
+  static MomentumResidual& live(const Self& self) {
+    if (*self == nullptr) {
+      throw std::logic_error(
+          "momnet::MomentumResidual: the model was destroyed (or assigned over) between the forward pass and "
+          "its backward pass; keep it alive until backward has run");
+    }
+    return **self;
+  }
+
+  static std::vector<Var<T>> constants(Tape<T>& tape, const std::vector<const Tensor<T>*>& tensors) {
+    std::vector<Var<T>> vars;
+    for (const Tensor<T>* t : tensors) {
+      if (t == nullptr) throw std::invalid_argument("momnet::MomentumResidual: an extra input is null");
+      vars.push_back(tape.constant(*t));
+    }
+    return vars;
+  }
+
+  CallContext<T> context(std::size_t layer, const Call& call, bool replay, const Var<T>* extras,
+                         std::size_t extra_count) const {
+    CallContext<T> ctx(extras, extra_count);
+    ctx.layer = layer;
+    ctx.step = call.step;
+    ctx.training = call.training;
+    ctx.replay = replay;
+    ctx.seed = options_.seed;
+    return ctx;
+  }
+
+  Var<T> evaluate_block(Tape<T>& tape, std::size_t n, const Var<T>& x, const CallContext<T>& ctx) {
+    return detail::residual_function(stack_.layer(n), tape, x, ctx, options_.residual_blocks,
+                                     "momnet::MomentumResidual");
   }
 
   void notify(typename LayerEvent<T>::Phase phase, std::size_t n, const ExactMomentum<T>& state) const {
@@ -307,14 +365,16 @@ class MomentumResidual {
   }
 
   // The forward layers on the exact state, recording nothing that outlives a layer.
-  void run_exact_forward(Tape<T>& tape, ExactMomentum<T>& state, const Shape& shape, const Var<T>& context) {
+  void run_exact_forward(Tape<T>& tape, ExactMomentum<T>& state, const Shape& shape,
+                         const std::vector<Var<T>>& extras, const Call& call) {
     typename Tape<T>::NoGradScope no_grad(tape);
     for (std::size_t n = 0; n < stack_.depth(); ++n) {
       notify(LayerEvent<T>::Phase::forward, n, state);
       const TapeScope<T> layer(tape);
       T* xn = tape.allocate(shape.size());
       state.read_x(xn);
-      const Var<T> f = evaluate_block(tape, n, tape.leaf(shape, xn, false), context);
+      const Var<T> f =
+          evaluate_block(tape, n, tape.leaf(shape, xn, false), context(n, call, false, extras.data(), extras.size()));
       state.step(f.data(), n);
     }
   }
@@ -322,12 +382,12 @@ class MomentumResidual {
   // Undoes layer n of `state` (x_{n+1}, v_{n+1} -> x_n, v_n), recording x_n
   // and f_n(x_n) on the tape, and returns them.
   std::pair<Var<T>, Var<T>> rebuild_layer(Tape<T>& tape, ExactMomentum<T>& state, std::size_t n, const Shape& shape,
-                                          const Var<T>& context, bool with_gradient) {
+                                          const std::vector<Var<T>>& extras, const Call& call, bool with_gradient) {
     state.unstep_position(n);
     T* xn_value = tape.allocate(shape.size());
     state.read_x(xn_value);
     const Var<T> xn = tape.leaf(shape, xn_value, with_gradient);
-    const Var<T> f = evaluate_block(tape, n, xn, context);
+    const Var<T> f = evaluate_block(tape, n, xn, context(n, call, true, extras.data(), extras.size()));
     state.unstep_velocity(f.data(), n);
     notify(LayerEvent<T>::Phase::backward, n, state);
     return {xn, f};
@@ -343,44 +403,46 @@ class MomentumResidual {
   }
 
   MomentumOutput<T> forward_without_gradients(Tape<T>& tape, const Var<T>& x, const Var<T>& velocity,
-                                              const Var<T>& context) {
-    if (options_.mode == BackwardMode::float_inverse) return forward_float(tape, x, velocity, context);
+                                              const std::vector<Var<T>>& extras, const Call& call) {
+    if (options_.mode == BackwardMode::float_inverse) return forward_float(tape, x, velocity, extras, call);
     ExactMomentum<T> state(x.size(), format_, gamma_, tape.memory());
     state.load(x.data(), velocity.valid() ? velocity.data() : nullptr);
-    run_exact_forward(tape, state, x.shape(), context);
+    run_exact_forward(tape, state, x.shape(), extras, call);
     auto [x_value, v_value] = read_out(tape, state);
     return {tape.leaf(x.shape(), x_value, false), tape.leaf(x.shape(), v_value, false), state.store_bytes(),
             state.spill_count()};
   }
 
-  bool needs_gradient(const Var<T>& x, const Var<T>& velocity, const Var<T>& context) {
-    bool needs = x.requires_grad() || (velocity.valid() && velocity.requires_grad()) ||
-                 (context.valid() && context.requires_grad());
-    stack_.visit_parameters([&needs](Parameter<T>&) { needs = true; });
-    return needs;
+  bool has_parameters() {
+    bool any = false;
+    for_each_parameter(*this, [&any](Parameter<T>&) { any = true; });
+    return any;
   }
 
-  // Records the second output v_N, whose gradient the x_N node's backward
-  // reads from `slot`; using v_N alone still triggers that backward.
-  Var<T> record_velocity_output(Tape<T>& tape, const Var<T>& x_out, T* v_value, Var<T>* slot) {
-    *slot = tape.record(x_out.shape(), v_value, {x_out},
-                        [x_out](const T*) { x_out.tape().gradient_for(x_out); });
-    return *slot;
+  // The inputs of the one node: x, the velocity (possibly empty), the extras.
+  static std::vector<Var<T>> node_inputs(const Var<T>& x, const Var<T>& velocity, const std::vector<Var<T>>& extras) {
+    std::vector<Var<T>> inputs{x, velocity};
+    inputs.insert(inputs.end(), extras.begin(), extras.end());
+    return inputs;
   }
 
-  // Gradient buffers of the inputs, made before any nested scope so that the
-  // nested backward passes can add into them.
-  static void prepare_gradients(Tape<T>& tape, const Var<T>& x, const Var<T>& velocity, const Var<T>& context) {
-    for (const Var<T>* var : {&x, &velocity, &context}) {
-      if (var->valid() && var->requires_grad()) tape.gradient_for(*var);
+  // Throws if Eigen's thread count changed since the forward pass: products
+  // split differently round differently, and the exact rebuild needs the
+  // same bits.
+  static void check_threads(int recorded) {
+    const int now = Eigen::nbThreads();
+    if (now != recorded) {
+      throw ReconstructionError("momnet::MomentumResidual: Eigen ran on " + std::to_string(recorded) +
+                                " thread(s) in the forward pass and on " + std::to_string(now) +
+                                " in the backward pass; the rebuild must recompute each block with the same "
+                                "thread count (Eigen::setNbThreads) to get the same bits");
     }
   }
 
   // One layer of the backward recursion: takes the block's VJP at the rebuilt
   // x_n (already on the tape as `xn`, its output `f`), and updates gx, gv.
-  static void backward_layer(Tape<T>& tape, const Var<T>& xn, const Var<T>& f,
-                             const typename Tape<T>::Mark& floor, T* gx, T* gv, T gamma,
-                             T complement) {
+  static void backward_layer(Tape<T>& tape, const Var<T>& xn, const Var<T>& f, const typename Tape<T>::Mark& floor,
+                             T* gx, T* gv, T gamma, T complement) {
     const Eigen::Index n = xn.size();
     auto GX = array_view(gx, n);
     auto GV = array_view(gv, n);
@@ -391,103 +453,101 @@ class MomentumResidual {
     GX += array_view(tape.gradient_for(xn), n);      // gx_n = gx + (1 - gamma) J^T c
   }
 
-  static void add_gradient(Tape<T>& tape, const Var<T>& var, const T* grad) {
-    if (!var.valid() || !var.requires_grad()) return;
-    const Eigen::Index n = var.size();
-    array_view(tape.gradient_for(var), n) += array_view(grad, n);
+  // The reverse sweep shared by the exact and float modes: start() sets up
+  // working memory inside the sweep's scope; from the output gradients,
+  // rebuild(n) re-records layer n (returning x_n and f_n(x_n)) and its VJP
+  // updates (gx, gv); finish() checks the rebuilt input; then the gradients
+  // of x_0 and v_0 go to inputs 0 and 1.
+  template <class Start, class Rebuild, class Finish>
+  void reverse_sweep(Gradients<T>& g, Eigen::Index n_elements, Start&& start, Rebuild&& rebuild, Finish&& finish) {
+    Tape<T>& tape = g.tape();
+    // Every input's gradient buffer exists before the nested scopes, which
+    // add into those of the extras.
+    T* gx_in = g.input(0);
+    T* gv_in = g.input(1);
+    for (std::size_t i = 2; i < g.input_count(); ++i) g.input(i);
+    const TapeScope<T> scope(tape);
+    start();
+    T* gx = tape.allocate(n_elements);
+    T* gv = tape.allocate(n_elements);
+    array_view(gx, n_elements) = array_view(g.output(0), n_elements);
+    array_view(gv, n_elements) = array_view(g.output(1), n_elements);
+    const T gamma = static_cast<T>(gamma_.value()), complement = static_cast<T>(gamma_.complement());
+    for (std::size_t n = stack_.depth(); n-- > 0;) {
+      const TapeScope<T> layer(tape);
+      const auto [xn, f] = rebuild(n);
+      backward_layer(tape, xn, f, layer.mark(), gx, gv, gamma, complement);
+    }
+    finish();
+    if (gx_in != nullptr) array_view(gx_in, n_elements) += array_view(static_cast<const T*>(gx), n_elements);
+    if (gv_in != nullptr) array_view(gv_in, n_elements) += array_view(static_cast<const T*>(gv), n_elements);
   }
 
-  MomentumOutput<T> forward_exact(Tape<T>& tape, const Var<T>& x, const Var<T>& velocity, const Var<T>& context) {
+  MomentumOutput<T> forward_exact(Tape<T>& tape, const Var<T>& x, const Var<T>& velocity,
+                                  const std::vector<Var<T>>& extras, const Call& call) {
     const Shape shape = x.shape();
     ExactMomentum<T> state(shape.size(), format_, gamma_, tape.memory());
     state.load(x.data(), velocity.valid() ? velocity.data() : nullptr);
-    run_exact_forward(tape, state, shape, context);
+    run_exact_forward(tape, state, shape, extras, call);
     const std::size_t store_bytes = state.store_bytes(), spills = state.spill_count();
     auto [x_value, v_value] = read_out(tape, state);
-    Var<T>* v_slot = tape.template allocate_as<Var<T>>(1);
-    *v_slot = Var<T>();
-    auto backward = [this, state = std::move(state), x, velocity, context, shape, v_slot](const T* g) {
-      Tape<T>& tape = x.tape();
-      prepare_gradients(tape, x, velocity, context);
-      const TapeScope<T> scope(tape);
-      const Eigen::Index n_elements = shape.size();
-      auto [gx, gv] = output_gradients(tape, g, *v_slot, n_elements);
-      const T gamma = static_cast<T>(gamma_.value()), complement = static_cast<T>(gamma_.complement());
+    auto rule = [self = self_, state = std::move(state), x, velocity, extras, shape, call,
+                 threads = Eigen::nbThreads()](Gradients<T>& g) {
+      MomentumResidual& net = live(self);
+      check_threads(threads);
       ExactMomentum<T> rebuilt = state.rewinding_copy();
-      for (std::size_t n = stack_.depth(); n-- > 0;) {
-        const TapeScope<T> layer(tape);
-        const auto [xn, f] = rebuild_layer(tape, rebuilt, n, shape, context, true);
-        backward_layer(tape, xn, f, layer.mark(), gx, gv, gamma, complement);
-      }
-      rebuilt.verify_rebuilt(x.data(), velocity.valid() ? velocity.data() : nullptr);
-      add_gradient(tape, x, gx);
-      add_gradient(tape, velocity, gv);
+      net.reverse_sweep(
+          g, shape.size(), [] {},
+          [&](std::size_t n) { return net.rebuild_layer(g.tape(), rebuilt, n, shape, extras, call, true); },
+          [&] { rebuilt.verify_rebuilt(x.data(), velocity.valid() ? velocity.data() : nullptr); });
     };
-    const Var<T> x_out = tape.record_node(shape, x_value, needs_gradient(x, velocity, context), std::move(backward));
-    const Var<T> v_out = record_velocity_output(tape, x_out, v_value, v_slot);
+    const auto [x_out, v_out] = tape.template record_op<2>(
+        node_inputs(x, velocity, extras),
+        std::array<typename Tape<T>::Output, 2>{{{shape, x_value}, {shape, v_value}}}, std::move(rule),
+        has_parameters());
     return {x_out, v_out, store_bytes, spills};
-  }
-
-  // gx = dL/dx_N (given) and gv = dL/dv_N (zero if v_N was not used), in
-  // tape storage that the recursion updates layer by layer.
-  static std::pair<T*, T*> output_gradients(Tape<T>& tape, const T* g, const Var<T>& v_out, Eigen::Index n) {
-    T* gx = tape.allocate(n);
-    T* gv = tape.allocate(n);
-    array_view(gx, n) = array_view(g, n);
-    const T* g_v = v_out.valid() ? tape.gradient_if_any(v_out) : nullptr;
-    if (g_v != nullptr) {
-      array_view(gv, n) = array_view(g_v, n);
-    } else {
-      array_view(gv, n).setZero();
-    }
-    return {gx, gv};
   }
 
   // Same fixed-point forward as exact mode, recorded layer by layer: x_{n+1}
   // and v_{n+1} are nodes whose values come from the exact state and whose
   // gradients follow the real-valued recurrence.
-  MomentumOutput<T> forward_stored(Tape<T>& tape, const Var<T>& x, const Var<T>& velocity, const Var<T>& context) {
+  MomentumOutput<T> forward_stored(Tape<T>& tape, const Var<T>& x, const Var<T>& velocity,
+                                   const std::vector<Var<T>>& extras, const Call& call) {
     const Shape shape = x.shape();
     const Eigen::Index n_elements = shape.size();
     ExactMomentum<T> state(n_elements, format_, gamma_, tape.memory());
     state.load(x.data(), velocity.valid() ? velocity.data() : nullptr);
     auto [x_start, v_start] = read_out(tape, state);
     // The rounding to fixed point passes gradients straight through.
-    Var<T> xn = tape.record(shape, x_start, {x}, [x, n_elements](const T* g) {
-      array_view(x.tape().gradient_for(x), n_elements) += array_view(g, n_elements);
-    });
-    Var<T> vn = tape.leaf(shape, v_start, false);
-    if (velocity.valid()) {
-      vn = tape.record(shape, v_start, {velocity}, [velocity, n_elements](const T* g) {
-        array_view(velocity.tape().gradient_for(velocity), n_elements) += array_view(g, n_elements);
-      });
-    }
+    const auto pass = [n_elements](Gradients<T>& g) {
+      if (T* gi = g.input(0)) array_view(gi, n_elements) += array_view(g.output(0), n_elements);
+    };
+    Var<T> xn = tape.record_op({x}, shape, x_start, pass);
+    Var<T> vn = velocity.valid() ? tape.record_op({velocity}, shape, v_start, pass) : tape.leaf(shape, v_start, false);
     const T gamma = static_cast<T>(gamma_.value()), complement = static_cast<T>(gamma_.complement());
     for (std::size_t n = 0; n < stack_.depth(); ++n) {
       notify(LayerEvent<T>::Phase::forward, n, state);
-      const Var<T> f = evaluate_block(tape, n, xn, context);
+      const Var<T> f = evaluate_block(tape, n, xn, context(n, call, false, extras.data(), extras.size()));
       state.step(f.data(), n);
       auto [x_next, v_next] = read_out(tape, state);
-      const Var<T> v_prev = vn, x_prev = xn;
-      vn = tape.record(shape, v_next, {v_prev, f},
-                       [v_prev, f, gamma, complement, n_elements](const T* g) {
-                         const auto G = array_view(g, n_elements);
-                         if (v_prev.requires_grad()) array_view(v_prev.tape().gradient_for(v_prev), n_elements) += gamma * G;
-                         if (f.requires_grad()) array_view(f.tape().gradient_for(f), n_elements) += complement * G;
-                       });
-      xn = tape.record(shape, x_next, {x_prev, vn},
-                       [x_prev, v = vn, n_elements](const T* g) {
-                         const auto G = array_view(g, n_elements);
-                         if (x_prev.requires_grad()) array_view(x_prev.tape().gradient_for(x_prev), n_elements) += G;
-                         if (v.requires_grad()) array_view(v.tape().gradient_for(v), n_elements) += G;
-                       });
+      vn = tape.record_op({vn, f}, shape, v_next, [gamma, complement, n_elements](Gradients<T>& g) {
+        const auto G = array_view(g.output(0), n_elements);
+        if (T* gv = g.input(0)) array_view(gv, n_elements) += gamma * G;
+        if (T* gf = g.input(1)) array_view(gf, n_elements) += complement * G;
+      });
+      xn = tape.record_op({xn, vn}, shape, x_next, [n_elements](Gradients<T>& g) {
+        const auto G = array_view(g.output(0), n_elements);
+        if (T* gx = g.input(0)) array_view(gx, n_elements) += G;
+        if (T* gv = g.input(1)) array_view(gv, n_elements) += G;
+      });
     }
     return {xn, vn, state.store_bytes(), state.spill_count()};
   }
 
   // Floating-point forward; with gradients on, one node whose backward runs
   // the floating-point inverse.
-  MomentumOutput<T> forward_float(Tape<T>& tape, const Var<T>& x, const Var<T>& velocity, const Var<T>& context) {
+  MomentumOutput<T> forward_float(Tape<T>& tape, const Var<T>& x, const Var<T>& velocity,
+                                  const std::vector<Var<T>>& extras, const Call& call) {
     const Shape shape = x.shape();
     const Eigen::Index n_elements = shape.size();
     const T gamma = static_cast<T>(gamma_.value()), complement = static_cast<T>(gamma_.complement());
@@ -508,44 +568,51 @@ class MomentumResidual {
         const TapeScope<T> layer(tape);
         T* xn = tape.allocate(n_elements);
         array_view(xn, n_elements) = X;
-        const Var<T> f = evaluate_block(tape, n, tape.leaf(shape, xn, false), context);
+        const Var<T> f = evaluate_block(tape, n, tape.leaf(shape, xn, false),
+                                        context(n, call, false, extras.data(), extras.size()));
         V = gamma * V + complement * f.array();
         X += V;
       }
     }
     if (!tape.grad_enabled()) return {tape.leaf(shape, x_value, false), tape.leaf(shape, v_value, false)};
-    Var<T>* v_slot = tape.template allocate_as<Var<T>>(1);
-    *v_slot = Var<T>();
-    auto backward = [this, x, velocity, context, shape, x_value, v_value, v_slot, gamma, complement](const T* g) {
-      Tape<T>& tape = x.tape();
-      prepare_gradients(tape, x, velocity, context);
-      const TapeScope<T> scope(tape);
+    auto rule = [self = self_, x, velocity, extras, shape, call, x_value, v_value, gamma,
+                 complement](Gradients<T>& g) {
+      MomentumResidual& net = live(self);
+      Tape<T>& tape = g.tape();
       const Eigen::Index n_elements = shape.size();
-      auto [gx, gv] = output_gradients(tape, g, *v_slot, n_elements);
-      T* x_work = tape.allocate(n_elements);
-      T* v_work = tape.allocate(n_elements);
-      auto X = array_view(x_work, n_elements);
-      auto V = array_view(v_work, n_elements);
-      X = array_view(static_cast<const T*>(x_value), n_elements);
-      V = array_view(static_cast<const T*>(v_value), n_elements);
-      for (std::size_t n = stack_.depth(); n-- > 0;) {
-        X -= V;
-        const TapeScope<T> layer(tape);
-        T* xn_value = tape.allocate(n_elements);
-        array_view(xn_value, n_elements) = X;
-        const Var<T> xn = tape.leaf(shape, xn_value, true);
-        const Var<T> f = evaluate_block(tape, n, xn, context);
-        V = (V - complement * f.array()) / gamma;
-        notify(LayerEvent<T>::Phase::backward, n, n_elements, x_work, v_work);
-        backward_layer(tape, xn, f, layer.mark(), gx, gv, gamma, complement);
-      }
-      check_drift(x_work, x.data(), n_elements, "x_0");
-      check_drift(v_work, velocity.valid() ? velocity.data() : nullptr, n_elements, "v_0");
-      add_gradient(tape, x, gx);
-      add_gradient(tape, velocity, gv);
+      // The rebuilt state, for the final check.
+      T* x_work = nullptr;
+      T* v_work = nullptr;
+      net.reverse_sweep(
+          g, n_elements,
+          [&] {
+            x_work = tape.allocate(n_elements);
+            v_work = tape.allocate(n_elements);
+            array_view(x_work, n_elements) = array_view(static_cast<const T*>(x_value), n_elements);
+            array_view(v_work, n_elements) = array_view(static_cast<const T*>(v_value), n_elements);
+          },
+          [&](std::size_t n) {
+            auto X = array_view(x_work, n_elements);
+            auto V = array_view(v_work, n_elements);
+            X -= V;
+            T* xn_value = tape.allocate(n_elements);
+            array_view(xn_value, n_elements) = X;
+            const Var<T> xn = tape.leaf(shape, xn_value, true);
+            const Var<T> f =
+                net.evaluate_block(tape, n, xn, net.context(n, call, true, extras.data(), extras.size()));
+            V = (V - complement * f.array()) / gamma;
+            net.notify(LayerEvent<T>::Phase::backward, n, n_elements, x_work, v_work);
+            return std::pair<Var<T>, Var<T>>{xn, f};
+          },
+          [&] {
+            net.check_drift(x_work, x.data(), n_elements, "x_0");
+            net.check_drift(v_work, velocity.valid() ? velocity.data() : nullptr, n_elements, "v_0");
+          });
     };
-    const Var<T> x_out = tape.record_node(shape, x_value, needs_gradient(x, velocity, context), std::move(backward));
-    const Var<T> v_out = record_velocity_output(tape, x_out, v_value, v_slot);
+    const auto [x_out, v_out] = tape.template record_op<2>(
+        node_inputs(x, velocity, extras),
+        std::array<typename Tape<T>::Output, 2>{{{shape, x_value}, {shape, v_value}}}, std::move(rule),
+        has_parameters());
     return {x_out, v_out};
   }
 
@@ -577,16 +644,22 @@ class MomentumResidual {
   FixedPointFormat format_;
   RationalGamma gamma_;
   Observer observer_;
+  std::uint64_t step_ = 0;
+  bool training_ = true;
+  Self self_;  // the cell recorded passes reach this model through
 };
 
 // The momentum counterpart of a residual network, with a copy of its blocks
 // (the ResNet stays usable and independent): `auto net = to_momentum(resnet, 0.9);`
 template <class Block>
-MomentumResidual<Block> to_momentum(const Residual<Block>& residual, double gamma,
-                                    MomentumOptions options = {}) {
+MomentumResidual<Block> to_momentum(const Residual<Block>& residual, double gamma, MomentumOptions options = {}) {
   options.gamma = gamma;
   options.residual_blocks = residual.options().residual_blocks;
-  return MomentumResidual<Block>(residual.stack(), options);
+  options.seed = residual.options().seed;
+  MomentumResidual<Block> net(residual.stack(), options);
+  net.set_training(residual.training());
+  net.set_step(residual.step());
+  return net;
 }
 
 }  // namespace momnet

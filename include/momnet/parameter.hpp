@@ -1,15 +1,15 @@
 // A trainable parameter: a value and the gradient that backward passes
-// accumulate into (until zero_grad()). Blocks own their parameters and expose
-// them through visit_parameters(visitor), which calls visitor(Parameter&) for
-// each; parameters_of() collects them for optimisers and the gradient checker.
+// accumulate into (until zero_grad()). Modules own their parameters and name
+// them through visit_state (module.hpp); parameters_of() and
+// named_parameters() collect them for optimisers, checkpoints and users.
 //
 // The tape refers to a parameter by address while it records, so a model must
 // not be moved or copied between a forward pass and its backward pass.
 #pragma once
 
+#include <cstdint>
 #include <string>
 #include <utility>
-#include <vector>
 
 #include "momnet/memory.hpp"
 #include "momnet/shape.hpp"
@@ -50,6 +50,14 @@ class Parameter {
   T* grad_data() noexcept { return grad_.data(); }
 
   void zero_grad() noexcept { grad_array().setZero(); }
+
+  // The version counts in-place changes made through momnet (optimiser steps,
+  // loading); a tape refuses a backward pass through a parameter whose version
+  // moved since it was recorded. Call mark_modified() after changing value()
+  // yourself between a forward and a backward pass if you want the check.
+  std::uint64_t version() const noexcept { return version_; }
+  const std::uint64_t* version_source() const noexcept { return &version_; }
+  void mark_modified() noexcept { ++version_; }
   std::size_t bytes() const noexcept { return value_.bytes() + grad_.bytes(); }
 
  private:
@@ -57,28 +65,7 @@ class Parameter {
   std::string name_;
   Buffer<T> value_;
   Buffer<T> grad_;
+  std::uint64_t version_ = 0;
 };
-
-// Every parameter of `model` (anything with visit_parameters), in visiting order.
-template <class Model>
-auto parameters_of(Model& model) {
-  using T = typename Model::Scalar;
-  std::vector<Parameter<T>*> list;
-  model.visit_parameters([&list](Parameter<T>& p) { list.push_back(&p); });
-  return list;
-}
-
-template <class Model>
-void zero_grad(Model& model) {
-  model.visit_parameters([](auto& p) { p.zero_grad(); });
-}
-
-// Number of scalar parameters in `model`.
-template <class Model>
-Eigen::Index parameter_count(Model& model) {
-  Eigen::Index n = 0;
-  model.visit_parameters([&n](auto& p) { n += p.size(); });
-  return n;
-}
 
 }  // namespace momnet

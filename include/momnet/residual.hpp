@@ -5,11 +5,15 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
+#include <string>
 #include <utility>
 #include <vector>
 
 #include "momnet/block.hpp"
 #include "momnet/block_stack.hpp"
+#include "momnet/call_context.hpp"
+#include "momnet/module.hpp"
 #include "momnet/ops/checks.hpp"
 #include "momnet/ops/elementwise.hpp"
 #include "momnet/tape.hpp"
@@ -19,6 +23,8 @@ namespace momnet {
 struct ResidualOptions {
   // false: each block computes x + h(x) itself and f(x) = block(x) - x.
   bool residual_blocks = true;
+  // The seed of the blocks' random draws (CallContext::random).
+  std::uint64_t seed = 0;
 };
 
 template <class Block>
@@ -34,23 +40,45 @@ class Residual {
   Residual(Block block, std::size_t depth, ResidualOptions options = {})
       : stack_(std::move(block), depth), options_(options) {}
 
-  // x_N from x_0; `context`, when given, is passed to every block.
-  Var<T> operator()(Tape<T>& tape, const Var<T>& x, const Var<T>& context = Var<T>()) {
-    detail::common_tape("momnet::Residual", x);
-    if (context.valid()) detail::common_tape("momnet::Residual", x, context);
+  // x_N from x_0; `extra`, when given, is passed to every block.
+  Var<T> operator()(Tape<T>& tape, const Var<T>& x, const Var<T>& extra = Var<T>()) {
+    return (*this)(tape, x, extra.valid() ? std::vector<Var<T>>{extra} : std::vector<Var<T>>{});
+  }
+  // x_N from x_0 with any number of extra inputs for the blocks.
+  Var<T> operator()(Tape<T>& tape, const Var<T>& x, const std::vector<Var<T>>& extras) {
+    const char* name = "momnet::Residual";
+    detail::common_tape(name, x);
+    for (const Var<T>& extra : extras) detail::common_tape(name, x, extra);
+    CallContext<T> context(extras.data(), extras.size());
+    context.step = step_++;
+    context.training = training_;
+    context.seed = options_.seed;
     Var<T> h = x;
     for (std::size_t n = 0; n < stack_.depth(); ++n) {
-      Var<T> f = detail::residual_function(stack_.layer(n), tape, h, context, options_.residual_blocks,
-                                           "momnet::Residual", n);
+      context.layer = n;
+      const Var<T> f = detail::residual_function(stack_.layer(n), tape, h, context, options_.residual_blocks, name);
       h = add(h, f);
     }
     return h;
   }
+  Var<T> forward(Tape<T>& tape, const Var<T>& x) { return (*this)(tape, x); }
 
+  // Blocks named `0`, `1`, ... (a weight-tied stack names its one block `0`).
+  template <class Visitor>
+  void visit_state(Visitor& visit) {
+    for (std::size_t i = 0; i < stack_.blocks().size(); ++i) visit.child(std::to_string(i), stack_.blocks()[i]);
+  }
   template <class Visitor>
   void visit_parameters(Visitor&& visit) {
-    stack_.visit_parameters(visit);
+    for_each_parameter(*this, visit);
   }
+
+  // Train or eval mode, passed to the blocks in their CallContext.
+  void set_training(bool training) noexcept { training_ = training; }
+  bool training() const noexcept { return training_; }
+  // The number of forward passes so far (the step the next pass gives its blocks).
+  std::uint64_t step() const noexcept { return step_; }
+  void set_step(std::uint64_t step) noexcept { step_ = step; }
 
   std::size_t depth() const noexcept { return stack_.depth(); }
   BlockStack<Block>& stack() noexcept { return stack_; }
@@ -60,6 +88,8 @@ class Residual {
  private:
   BlockStack<Block> stack_;
   ResidualOptions options_;
+  std::uint64_t step_ = 0;
+  bool training_ = true;
 };
 
 }  // namespace momnet

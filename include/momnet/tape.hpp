@@ -4,11 +4,23 @@
 // adds its inputs' gradients given its own. backward(loss) walks the list once
 // in reverse. There is no global tape: every Var names the tape it lives on.
 //
+// Operations are recorded with record_op(): the inputs, one or more outputs
+// (values the operation computed into allocate()d storage) and a reverse rule
+// that receives a Gradients<T> view: the gradients of its outputs, and buffers
+// to add its inputs' gradients into (docs/writing-an-operation.md).
+//
 // Nested scopes: mark() remembers the end of the list, rewind(mark) releases
 // every node (and its memory) recorded since. MomentumResidual uses this to
 // re-record one block at a time during its backward pass.
+//
+// Every tape draws a process-unique identity, which each Var carries: a Var
+// that outlived its tape is refused even by a new tape built at the same
+// address. Parameters carry a version that optimisers bump; a backward pass
+// through a parameter changed since it was recorded throws.
 #pragma once
 
+#include <array>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <initializer_list>
@@ -69,12 +81,44 @@ class Var {
 
  private:
   friend class Tape<T>;
-  Var(Tape<T>* tape, std::size_t index, std::uint64_t serial) noexcept
-      : tape_(tape), index_(index), serial_(serial) {}
+  Var(Tape<T>* tape, std::uint64_t tape_id, std::size_t index, std::uint64_t serial) noexcept
+      : tape_(tape), tape_id_(tape_id), index_(index), serial_(serial) {}
 
   Tape<T>* tape_ = nullptr;
+  std::uint64_t tape_id_ = 0;
   std::size_t index_ = 0;
   std::uint64_t serial_ = 0;
+};
+
+// What a reverse rule of record_op() sees: the gradients of the operation's
+// outputs (never null: zeros for an output that received none) and, for each
+// input that requires one, the buffer to add that input's gradient into.
+template <class T>
+class Gradients {
+ public:
+  std::size_t input_count() const noexcept { return input_count_; }
+  std::size_t output_count() const noexcept { return output_count_; }
+  // Input i was given (not an empty Var) and requires a gradient.
+  bool needs(std::size_t i) const;
+  // The gradient buffer of input i, to add into; nullptr when !needs(i).
+  T* input(std::size_t i);
+  // d(objective)/d(output k).
+  const T* output(std::size_t k = 0) const;
+  // The tape the operation is on (for rules that record nested scopes).
+  Tape<T>& tape() const noexcept { return tape_; }
+
+ private:
+  friend class Tape<T>;
+  Gradients(Tape<T>& tape, const Var<T>* inputs, std::size_t input_count, std::size_t first_output,
+            std::size_t output_count) noexcept
+      : tape_(tape), inputs_(inputs), input_count_(input_count), first_output_(first_output),
+        output_count_(output_count) {}
+
+  Tape<T>& tape_;
+  const Var<T>* inputs_;
+  std::size_t input_count_;
+  std::size_t first_output_;
+  std::size_t output_count_;
 };
 
 template <class T>
@@ -88,6 +132,12 @@ class Tape {
   struct Mark {
     std::size_t nodes = 0;
     Arena::Mark arena;
+  };
+
+  // One output of record_op(): its shape and its value (from allocate()).
+  struct Output {
+    Shape shape;
+    T* value;
   };
 
   // While alive, operations compute values but record no backward steps.
@@ -109,11 +159,11 @@ class Tape {
   // grow to `max_chunk_bytes` (larger values get a chunk of their own).
   explicit Tape(std::size_t max_chunk_bytes = Arena::default_max_chunk_bytes)
       : owned_counter_(std::make_unique<MemoryCounter>()), counter_(owned_counter_.get()),
-        arena_(*counter_, max_chunk_bytes), nodes_(CountingAllocator<Node>(*counter_)),
+        id_(next_tape_id()), arena_(*counter_, max_chunk_bytes), nodes_(CountingAllocator<Node>(*counter_)),
         late_grads_(CountingAllocator<LateGrad>(*counter_)) {}
   // A tape that counts its memory into `counter` (which must outlive it).
   explicit Tape(MemoryCounter& counter, std::size_t max_chunk_bytes = Arena::default_max_chunk_bytes)
-      : counter_(&counter), arena_(counter, max_chunk_bytes), nodes_(CountingAllocator<Node>(counter)),
+      : counter_(&counter), id_(next_tape_id()), arena_(counter, max_chunk_bytes), nodes_(CountingAllocator<Node>(counter)),
         late_grads_(CountingAllocator<LateGrad>(counter)) {}
   Tape(const Tape&) = delete;
   Tape& operator=(const Tape&) = delete;
@@ -158,24 +208,61 @@ class Tape {
     Var<T> v = push(parameter.shape(), parameter.value_data(), grad_enabled_, nullptr, false);
     if (grad_enabled_) nodes_.back().grad = parameter.grad_data();
     nodes_.back().external_grad = true;
+    nodes_.back().parameter_version = parameter.version_source();
+    nodes_.back().recorded_version = parameter.version();
     return v;
   }
 
   // ---- recording (the interface operations are written against) -------------
 
   // Uninitialised, aligned storage for `count` values, released by rewind.
-  T* allocate(Eigen::Index count) {
-    return static_cast<T*>(arena_.allocate(static_cast<std::size_t>(count) * sizeof(T)));
-  }
+  T* allocate(Eigen::Index count) { return static_cast<T*>(arena_.allocate(checked_bytes(count, sizeof(T)))); }
 
   // Uninitialised, aligned storage for `count` objects of a trivial type (an
   // operation's saved integers, say), released by rewind.
   template <class U>
   U* allocate_as(Eigen::Index count) {
     static_assert(std::is_trivially_copyable_v<U> && std::is_trivially_destructible_v<U>);
-    return static_cast<U*>(arena_.allocate(static_cast<std::size_t>(count) * sizeof(U)));
+    return static_cast<U*>(arena_.allocate(checked_bytes(count, sizeof(U))));
   }
 
+  // Records an operation: its inputs (empty Vars allowed: an absent bias, say),
+  // its output `value` of `shape` (from allocate()) and its reverse rule
+  // `backward(Gradients<T>&)`, kept only when gradients are on and an input
+  // requires one (or `requires_grad` is true: an operation that reads
+  // parameters the tape does not see). The rule runs at most once per
+  // backward pass, after every consumer of the output has run.
+  template <class Backward>
+  Var<T> record_op(std::initializer_list<Var<T>> inputs, const Shape& shape, T* value, Backward&& backward,
+                   bool requires_grad = false) {
+    const Output output{shape, value};
+    return as_vars<1>(record_outputs(inputs.begin(), inputs.size(), &output, 1, std::forward<Backward>(backward),
+                                     requires_grad))[0];
+  }
+  template <class Backward>
+  Var<T> record_op(const std::vector<Var<T>>& inputs, const Shape& shape, T* value, Backward&& backward,
+                   bool requires_grad = false) {
+    const Output output{shape, value};
+    return as_vars<1>(record_outputs(inputs.data(), inputs.size(), &output, 1, std::forward<Backward>(backward),
+                                     requires_grad))[0];
+  }
+  // An operation with several outputs; its reverse rule runs once, when any
+  // of them received a gradient (Gradients::output(k) is zeros for the rest).
+  template <std::size_t K, class Backward>
+  std::array<Var<T>, K> record_op(std::initializer_list<Var<T>> inputs, const std::array<Output, K>& outputs,
+                                  Backward&& backward, bool requires_grad = false) {
+    return as_vars<K>(record_outputs(inputs.begin(), inputs.size(), outputs.data(), K,
+                                     std::forward<Backward>(backward), requires_grad));
+  }
+  template <std::size_t K, class Backward>
+  std::array<Var<T>, K> record_op(const std::vector<Var<T>>& inputs, const std::array<Output, K>& outputs,
+                                  Backward&& backward, bool requires_grad = false) {
+    return as_vars<K>(record_outputs(inputs.data(), inputs.size(), outputs.data(), K,
+                                     std::forward<Backward>(backward), requires_grad));
+  }
+
+  // The older, single-output form: `backward(const T* output_grad)` adds into
+  // its inputs' gradient_for() buffers itself.
   // Records a node holding `value` (from allocate()). When gradients are on and
   // an input requires one, `backward(const T* output_grad)` is kept and run
   // during the reverse walk; it adds into its inputs' gradient_for() buffers.
@@ -199,7 +286,7 @@ class Tape {
   template <class Backward>
   Var<T> record_node(const Shape& shape, T* value, bool requires_grad, Backward&& backward) {
     if (!requires_grad || !grad_enabled_) return push(shape, value, false, nullptr, false);
-    using Step = StepOf<std::decay_t<Backward>>;
+    using Step = LegacyStep<std::decay_t<Backward>>;
     void* place = arena_.allocate(sizeof(Step));
     Step* step = new (place) Step(std::forward<Backward>(backward));
     try {
@@ -212,21 +299,26 @@ class Tape {
 
   // The gradient buffer of `var`, zero-filled on first use, to add into.
   T* gradient_for(const Var<T>& var) {
-    Node& node = checked(var);
+    checked(var);
+    return gradient_of_node(var.index_);
+  }
+
+ private:
+  T* gradient_of_node(std::size_t index) {
+    Node& node = nodes_[index];
     if (!node.requires_grad) {
-      throw std::logic_error("momnet::Tape: Var #" + std::to_string(var.index_) +
-                             " does not require a gradient");
+      throw std::logic_error("momnet::Tape: Var #" + std::to_string(index) + " does not require a gradient");
     }
     if (node.external_grad) return node.grad;
     if (node.grad == nullptr) {
       // A buffer allocated now would be released by the nested scope's rewind.
-      if (var.index_ < grad_floor_) {
+      if (index < grad_floor_) {
         throw std::logic_error(
-            "momnet::Tape: a nested backward reached Var #" + std::to_string(var.index_) +
+            "momnet::Tape: a nested backward reached Var #" + std::to_string(index) +
             ", recorded before its scope, whose gradient was not prepared; call "
             "gradient_for() on it before the nested scope");
       }
-      late_grads_.push_back(LateGrad{var.index_, arena_.mark()});
+      late_grads_.push_back(LateGrad{index, arena_.mark()});
       node.grad = allocate(node.shape.size());
       node.grad_live = false;
     }
@@ -238,6 +330,7 @@ class Tape {
     return node.grad;
   }
 
+ public:
   // ---- access -----------------------------------------------------------------
 
   Shape shape(const Var<T>& var) const { return checked(var).shape; }
@@ -281,9 +374,8 @@ class Tape {
                                   node.shape.to_string() +
                                   ", not a scalar; pass a seed gradient of that shape");
     }
-    T* one = allocate(1);  // tape memory: the seed is read with vector loads
-    one[0] = T(1);
-    backward(loss, one);
+    const T one = T(1);  // read unaligned: no tape memory per call
+    backward(loss, &one);
   }
 
   // Gradients given the seed d(objective)/d(output), an array of output.size().
@@ -301,8 +393,10 @@ class Tape {
                               (value.isNaN().any() ? "NaN" : "infinite") +
                               "; the forward pass overflowed or divided by zero");
     }
-    // Gradients of an earlier pass become stale: zeroed when first touched.
-    for (std::size_t i = 0; i <= output.index_; ++i) nodes_[i].grad_live = false;
+    // Gradients of an earlier pass become stale, on every node (also those
+    // recorded after this output): zeroed when first touched.
+    for (Node& n : nodes_) n.grad_live = false;
+    check_parameter_versions(output.index_);
     const FloorGuard guard(*this, 0);
     seed_and_walk(output, seed, 0);
   }
@@ -313,10 +407,21 @@ class Tape {
   // into, never reset; they must already exist (gradient_for) before the call.
   void backward_from(const Var<T>& output, const T* seed, const Mark& floor) {
     check(output, "momnet::Tape::backward_from");
-    if (floor.nodes > output.index_) {
-      throw std::logic_error("momnet::Tape::backward_from: the floor mark lies after the output");
-    }
     if (!checked(output).requires_grad) return;
+    if (floor.nodes > output.index_) {
+      // The output was recorded before the scope (a block returning one of
+      // its extra inputs unchanged): its gradient is the seed, added into a
+      // buffer that must already exist, as for any Var before the floor.
+      if (nodes_[output.index_].grad == nullptr) {
+        throw std::logic_error("momnet::Tape::backward_from: the output, Var #" + std::to_string(output.index_) +
+                               ", was recorded before the scope and its gradient was not prepared; call "
+                               "gradient_for() on it before the nested scope");
+      }
+      T* grad = gradient_for(output);
+      const Eigen::Index n = nodes_[output.index_].shape.size();
+      for (Eigen::Index i = 0; i < n; ++i) grad[i] += seed[i];
+      return;
+    }
     const FloorGuard guard(*this, floor.nodes);
     seed_and_walk(output, seed, floor.nodes);
   }
@@ -345,15 +450,34 @@ class Tape {
   void clear() { rewind(Mark{}); }
 
  private:
+  friend class Gradients<T>;
+
+  // A reverse step, held by the last output node of its operation.
   struct Step {
-    virtual void run(const T* output_grad) = 0;
+    virtual void run(Tape& tape, std::size_t node) = 0;
     virtual ~Step() = default;
   };
   template <class F>
-  struct StepOf final : Step {
-    explicit StepOf(F f) : function(std::move(f)) {}
-    void run(const T* output_grad) override { function(output_grad); }
+  struct LegacyStep final : Step {
+    explicit LegacyStep(F f) : function(std::move(f)) {}
+    void run(Tape& tape, std::size_t node) override { function(static_cast<const T*>(tape.nodes_[node].grad)); }
     F function;
+  };
+  template <class F>
+  struct OpStep final : Step {
+    OpStep(F f, const Var<T>* in, std::size_t n_in, std::size_t n_out)
+        : function(std::move(f)), inputs(in), input_count(n_in), output_count(n_out) {}
+    void run(Tape& tape, std::size_t node) override {
+      const std::size_t first = node + 1 - output_count;
+      // Outputs that received no gradient read as zeros.
+      for (std::size_t k = first; k <= node; ++k) tape.gradient_of_node(k);
+      Gradients<T> gradients(tape, inputs, input_count, first, output_count);
+      function(gradients);
+    }
+    F function;
+    const Var<T>* inputs;  // on the arena, released with the node
+    std::size_t input_count;
+    std::size_t output_count;
   };
 
   struct Node {
@@ -361,12 +485,90 @@ class Tape {
     T* grad;
     Step* step;
     std::uint64_t serial;
+    const std::uint64_t* parameter_version;  // a parameter's node: its live version
+    std::uint64_t recorded_version;          // ... and the version it was recorded at
     Shape shape;
+    std::uint32_t outputs;  // on a step's node: how many outputs (ending here) it serves
+    std::uint32_t to_last;  // distance to the node holding this output's step
     bool requires_grad;
     bool destroy_step;   // the step owns resources: run its destructor on rewind
     bool external_grad;  // the gradient is a parameter's, never reset by the tape
     bool grad_live;      // grad holds this backward pass's gradient
   };
+
+  static std::uint64_t next_tape_id() noexcept {
+    static std::atomic<std::uint64_t> next{0};
+    return next.fetch_add(1, std::memory_order_relaxed) + 1;
+  }
+
+  // count * element bytes, refusing products that would wrap.
+  static std::size_t checked_bytes(Eigen::Index count, std::size_t element) {
+    if (count < 0 || static_cast<std::size_t>(count) > (std::numeric_limits<std::size_t>::max() / 2) / element) {
+      throw std::length_error("momnet::Tape::allocate: " + std::to_string(count) + " elements of " +
+                              std::to_string(element) + " bytes cannot be allocated");
+    }
+    return static_cast<std::size_t>(count) * element;
+  }
+
+  template <std::size_t K>
+  std::array<Var<T>, K> as_vars(std::size_t first) const {
+    std::array<Var<T>, K> vars;
+    for (std::size_t k = 0; k < K; ++k) vars[k] = Var<T>(const_cast<Tape*>(this), id_, first + k, nodes_[first + k].serial);
+    return vars;
+  }
+
+  // Pushes the outputs of one operation; returns the index of the first.
+  template <class Backward>
+  std::size_t record_outputs(const Var<T>* inputs, std::size_t input_count, const Output* outputs,
+                             std::size_t output_count, Backward&& backward, bool requires_grad) {
+    if (output_count == 0) throw std::invalid_argument("momnet::Tape::record_op: an operation needs an output");
+    bool needs = requires_grad;
+    for (std::size_t i = 0; i < input_count; ++i) {
+      if (!inputs[i].valid()) continue;
+      check(inputs[i], "momnet::Tape::record_op");
+      needs = needs || nodes_[inputs[i].index_].requires_grad;
+    }
+    const std::size_t first = nodes_.size();
+    nodes_.reserve(first + output_count);  // no reallocation between the pushes below
+    if (!needs || !grad_enabled_) {
+      for (std::size_t k = 0; k < output_count; ++k) push(outputs[k].shape, outputs[k].value, false, nullptr, false);
+      return first;
+    }
+    Var<T>* kept = allocate_as<Var<T>>(static_cast<Eigen::Index>(input_count));
+    std::copy(inputs, inputs + input_count, kept);
+    using Step = OpStep<std::decay_t<Backward>>;
+    Step* step = new (arena_.allocate(sizeof(Step)))
+        Step(std::forward<Backward>(backward), kept, input_count, output_count);
+    for (std::size_t k = 0; k + 1 < output_count; ++k) {
+      push(outputs[k].shape, outputs[k].value, true, nullptr, false);
+      nodes_.back().to_last = static_cast<std::uint32_t>(output_count - 1 - k);
+    }
+    try {
+      push(outputs[output_count - 1].shape, outputs[output_count - 1].value, true, step,
+           !std::is_trivially_destructible_v<std::decay_t<Backward>>);
+    } catch (...) {
+      step->~Step();
+      throw;
+    }
+    nodes_.back().outputs = static_cast<std::uint32_t>(output_count);
+    return first;
+  }
+
+  // Throws if a parameter read by the nodes up to `last` changed since it was
+  // recorded (an optimiser step between the forward and backward passes):
+  // the stored activations would mix old and new weights.
+  void check_parameter_versions(std::size_t last) const {
+    for (std::size_t i = 0; i <= last; ++i) {
+      const Node& n = nodes_[i];
+      if (n.parameter_version != nullptr && n.requires_grad && *n.parameter_version != n.recorded_version) {
+        throw std::logic_error(
+            "momnet::Tape::backward: a parameter of shape " + n.shape.to_string() + " (Var #" + std::to_string(i) +
+            ") was modified after the forward pass recorded it (version " + std::to_string(n.recorded_version) +
+            ", now " + std::to_string(*n.parameter_version) +
+            "); its stored activations are stale. Run the optimiser step after backward, then record again");
+      }
+    }
+  }
 
   // A gradient buffer allocated from `position` on for an already recorded node.
   struct LateGrad {
@@ -392,8 +594,9 @@ class Tape {
   };
 
   Var<T> push(const Shape& shape, T* value, bool needs_grad, Step* step, bool destroy_step) {
-    nodes_.push_back(Node{value, nullptr, step, ++serial_, shape, needs_grad, destroy_step, false, false});
-    return Var<T>(this, nodes_.size() - 1, serial_);
+    nodes_.push_back(Node{value, nullptr, step, ++serial_, nullptr, 0, shape, 1, 0, needs_grad, destroy_step,
+                          false, false});
+    return Var<T>(this, id_, nodes_.size() - 1, serial_);
   }
 
   Var<T> copied_leaf(const Shape& shape, const T* data, bool needs_grad) {
@@ -417,6 +620,10 @@ class Tape {
       throw std::invalid_argument(var.tape_ == nullptr ? "momnet::Tape: empty Var"
                                                        : "momnet::Tape: the Var belongs to a different tape");
     }
+    if (var.tape_id_ != id_) {
+      throw std::logic_error("momnet::Tape: the Var belongs to a tape that no longer exists (a new tape "
+                             "stands at its address)");
+    }
     if (var.index_ >= nodes_.size() || nodes_[var.index_].serial != var.serial_) {
       throw std::logic_error("momnet::Tape: Var #" + std::to_string(var.index_) +
                              " was released by Tape::rewind and can no longer be used");
@@ -435,13 +642,18 @@ class Tape {
     T* grad = gradient_for(output);
     const Eigen::Index n = checked(output).shape.size();
     // The seed is the caller's memory: no alignment is assumed.
-    array_view(grad, n) += Eigen::Map<const Eigen::Array<T, Eigen::Dynamic, 1>>(seed, n);
-    for (std::size_t i = output.index_ + 1; i-- > floor;) {
+    // A plain loop: GCC 12 flags Eigen's vector loads of a one-element seed.
+    for (Eigen::Index i = 0; i < n; ++i) grad[i] += seed[i];
+    // An output of a multi-output operation: its step sits on the last output.
+    const std::size_t start = output.index_ + checked(output).to_last;
+    for (std::size_t i = start + 1; i-- > floor;) {
       // Copy out before running: a step may record nodes (nested scopes) and
       // reallocate the node list.
       Step* step = nodes_[i].step;
-      const T* node_grad = nodes_[i].grad;
-      if (step != nullptr && nodes_[i].grad_live) step->run(node_grad);
+      if (step == nullptr) continue;
+      bool live = false;
+      for (std::size_t k = i + 1 - nodes_[i].outputs; k <= i; ++k) live = live || nodes_[k].grad_live;
+      if (live) step->run(*this, i);
     }
   }
 
@@ -453,6 +665,7 @@ class Tape {
 
   std::unique_ptr<MemoryCounter> owned_counter_;
   MemoryCounter* counter_;
+  std::uint64_t id_;
   Arena arena_;
   std::vector<Node, CountingAllocator<Node>> nodes_;
   std::vector<LateGrad, CountingAllocator<LateGrad>> late_grads_;
@@ -460,6 +673,29 @@ class Tape {
   std::size_t grad_floor_ = 0;
   bool grad_enabled_ = true;
 };
+
+template <class T>
+bool Gradients<T>::needs(std::size_t i) const {
+  if (i >= input_count_) {
+    throw std::out_of_range("momnet::Gradients::needs: input " + std::to_string(i) + " of " +
+                            std::to_string(input_count_));
+  }
+  return inputs_[i].valid() && tape_.nodes_[inputs_[i].index()].requires_grad;
+}
+
+template <class T>
+T* Gradients<T>::input(std::size_t i) {
+  return needs(i) ? tape_.gradient_of_node(inputs_[i].index()) : nullptr;
+}
+
+template <class T>
+const T* Gradients<T>::output(std::size_t k) const {
+  if (k >= output_count_) {
+    throw std::out_of_range("momnet::Gradients::output: output " + std::to_string(k) + " of " +
+                            std::to_string(output_count_));
+  }
+  return tape_.nodes_[first_output_ + k].grad;
+}
 
 // Releases everything recorded on `tape` during this object's lifetime.
 template <class T>

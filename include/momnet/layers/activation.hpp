@@ -44,6 +44,8 @@ class Activation {
   explicit Activation(ActivationKind kind) noexcept : kind_(kind) {}
   Var<T> forward(Tape<T>&, const Var<T>& x) { return activate(x, kind_); }
   template <class Visitor>
+  void visit_state(Visitor&) noexcept {}
+  template <class Visitor>
   void visit_parameters(Visitor&&) noexcept {}
   ActivationKind kind() const noexcept { return kind_; }
 

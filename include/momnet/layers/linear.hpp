@@ -32,6 +32,12 @@ class Linear {
     return linear(x, tape.param(weight_));
   }
 
+  // Names as PyTorch's nn.Linear: `weight`, and `bias` when there is one.
+  template <class Visitor>
+  void visit_state(Visitor& visit) {
+    visit.parameter("weight", weight_);
+    if (has_bias_) visit.parameter("bias", bias_);
+  }
   template <class Visitor>
   void visit_parameters(Visitor&& visit) {
     visit(weight_);

@@ -31,6 +31,12 @@ class MLPBlock {
     return second_.forward(tape, activate(first_.forward(tape, x), activation_));
   }
 
+  // `fc1.weight`, `fc1.bias`, `fc2.weight`, `fc2.bias`.
+  template <class Visitor>
+  void visit_state(Visitor& visit) {
+    visit.child("fc1", first_);
+    visit.child("fc2", second_);
+  }
   template <class Visitor>
   void visit_parameters(Visitor&& visit) {
     first_.visit_parameters(visit);
