@@ -23,3 +23,15 @@ TEMPLATE_TEST_CASE("Bitwise rebuild at depth 10,000 with Eigen on 2 threads", "[
     require_bitwise_rebuild<T>(net, random_input<T>(64, 32, 6));
   }
 }
+
+TEST_CASE("A backward on another thread count than its forward is refused, naming both", "[momentum][exact][openmp]") {
+  MomentumResidual<MLPBlock<double>> net(mlp_blocks<double>(3, 32, 64, 7), options_for(0.9, BackwardMode::exact));
+  Tape<double> tape;
+  Eigen::setNbThreads(2);
+  const Var<double> loss = mean(square(net(tape, tape.variable(random_input<double>(64, 32, 8)))));
+  Eigen::setNbThreads(1);
+  REQUIRE_THROWS_AS(tape.backward(loss), ReconstructionError);
+  REQUIRE_THROWS_WITH(tape.backward(loss), Catch::Contains("Eigen ran on 2 thread(s) in the forward pass and on 1"));
+  Eigen::setNbThreads(2);
+  REQUIRE_NOTHROW(tape.backward(loss));
+}
