@@ -13,6 +13,12 @@
 // every node (and its memory) recorded since. MomentumResidual uses this to
 // re-record one block at a time during its backward pass.
 //
+// Gradients: values live in the arena; gradient buffers come from a pool and
+// go back to it as soon as their node's reverse step has run, so a backward
+// pass holds a few of them at a time. Leaves (inputs made with variable() or
+// leaf()) and parameters keep theirs; an intermediate Var's gradient can be
+// read after backward only if retain_grad() asked for it, as in PyTorch.
+//
 // Every tape draws a process-unique identity, which each Var carries: a Var
 // that outlived its tape is refused even by a new tape built at the same
 // address. Parameters carry a version that optimisers bump; a backward pass
@@ -34,6 +40,7 @@
 #include <vector>
 
 #include "momnet/arena.hpp"
+#include "momnet/gradient_pool.hpp"
 #include "momnet/memory.hpp"
 #include "momnet/parameter.hpp"
 #include "momnet/shape.hpp"
@@ -76,7 +83,9 @@ class Var {
     return data()[0];
   }
   // The gradient accumulated by the last backward pass (zeros if this Var did
-  // not influence the output).
+  // not influence the output). An intermediate Var's gradient is released
+  // once its reverse step has run: reading it throws unless
+  // tape.retain_grad(var) was called before the backward pass.
   ConstMatrixView<T> grad() const { return matrix_view(tape().gradient_data(*this), shape()); }
 
  private:
@@ -159,15 +168,18 @@ class Tape {
   // grow to `max_chunk_bytes` (larger values get a chunk of their own).
   explicit Tape(std::size_t max_chunk_bytes = Arena::default_max_chunk_bytes)
       : owned_counter_(std::make_unique<MemoryCounter>()), counter_(owned_counter_.get()),
-        id_(next_tape_id()), arena_(*counter_, max_chunk_bytes), nodes_(CountingAllocator<Node>(*counter_)),
-        late_grads_(CountingAllocator<LateGrad>(*counter_)) {}
+        id_(next_tape_id()), arena_(*counter_, max_chunk_bytes), gradients_(*counter_),
+        nodes_(CountingAllocator<Node>(*counter_)) {}
   // A tape that counts its memory into `counter` (which must outlive it).
   explicit Tape(MemoryCounter& counter, std::size_t max_chunk_bytes = Arena::default_max_chunk_bytes)
-      : counter_(&counter), id_(next_tape_id()), arena_(counter, max_chunk_bytes), nodes_(CountingAllocator<Node>(counter)),
-        late_grads_(CountingAllocator<LateGrad>(counter)) {}
+      : counter_(&counter), id_(next_tape_id()), arena_(counter, max_chunk_bytes), gradients_(counter),
+        nodes_(CountingAllocator<Node>(counter)) {}
   Tape(const Tape&) = delete;
   Tape& operator=(const Tape&) = delete;
-  ~Tape() { destroy_steps(0); }
+  ~Tape() {
+    destroy_steps(0);
+    release_gradients(0);
+  }
 
   MemoryCounter& memory() noexcept { return *counter_; }
   const MemoryCounter& memory() const noexcept { return *counter_; }
@@ -311,15 +323,7 @@ class Tape {
     }
     if (node.external_grad) return node.grad;
     if (node.grad == nullptr) {
-      // A buffer allocated now would be released by the nested scope's rewind.
-      if (index < grad_floor_) {
-        throw std::logic_error(
-            "momnet::Tape: a nested backward reached Var #" + std::to_string(index) +
-            ", recorded before its scope, whose gradient was not prepared; call "
-            "gradient_for() on it before the nested scope");
-      }
-      late_grads_.push_back(LateGrad{index, arena_.mark()});
-      node.grad = allocate(node.shape.size());
+      node.grad = static_cast<T*>(gradients_.acquire(checked_bytes(node.shape.size(), sizeof(T))));
       node.grad_live = false;
     }
     if (!node.grad_live) {
@@ -344,11 +348,20 @@ class Tape {
   }
 
   const T* gradient_data(const Var<T>& var) {
-    if (!checked(var).requires_grad) {
+    const Node& node = checked(var);
+    if (!node.requires_grad) {
       throw std::logic_error("momnet::Var::grad: this Var does not require a gradient");
+    }
+    if (node.released) {
+      throw std::logic_error("momnet::Var::grad: the gradient of intermediate Var #" + std::to_string(var.index_) +
+                             " was released once its reverse step ran; call tape.retain_grad(var) before backward "
+                             "to keep it (leaves and parameters keep theirs)");
     }
     return gradient_for(var);
   }
+
+  // Keeps the gradient of an intermediate Var after the backward pass.
+  void retain_grad(const Var<T>& var) { checked(var).retain = true; }
 
   // Throws unless `var` is a live node of this tape; `operation` names the caller.
   void check(const Var<T>& var, const char* operation) const {
@@ -395,34 +408,28 @@ class Tape {
     }
     // Gradients of an earlier pass become stale, on every node (also those
     // recorded after this output): zeroed when first touched.
-    for (Node& n : nodes_) n.grad_live = false;
+    for (Node& n : nodes_) {
+      n.grad_live = false;
+      n.released = false;
+    }
     check_parameter_versions(output.index_);
-    const FloorGuard guard(*this, 0);
     seed_and_walk(output, seed, 0);
   }
 
   // A nested reverse walk for memory-saving operations: adds `seed` to the
   // gradient of `output` and walks back only to `floor` (a mark taken before
   // output was recorded). Gradients of Vars recorded before the floor are added
-  // into, never reset; they must already exist (gradient_for) before the call.
+  // into, never reset. An output recorded before the floor (a block returning
+  // an extra input unchanged) just takes the seed into its gradient.
   void backward_from(const Var<T>& output, const T* seed, const Mark& floor) {
     check(output, "momnet::Tape::backward_from");
     if (!checked(output).requires_grad) return;
     if (floor.nodes > output.index_) {
-      // The output was recorded before the scope (a block returning one of
-      // its extra inputs unchanged): its gradient is the seed, added into a
-      // buffer that must already exist, as for any Var before the floor.
-      if (nodes_[output.index_].grad == nullptr) {
-        throw std::logic_error("momnet::Tape::backward_from: the output, Var #" + std::to_string(output.index_) +
-                               ", was recorded before the scope and its gradient was not prepared; call "
-                               "gradient_for() on it before the nested scope");
-      }
       T* grad = gradient_for(output);
       const Eigen::Index n = nodes_[output.index_].shape.size();
       for (Eigen::Index i = 0; i < n; ++i) grad[i] += seed[i];
       return;
     }
-    const FloorGuard guard(*this, floor.nodes);
     seed_and_walk(output, seed, floor.nodes);
   }
 
@@ -436,13 +443,8 @@ class Tape {
       throw std::logic_error("momnet::Tape::rewind: the mark is past the end (already rewound)");
     }
     destroy_steps(mark.nodes);
+    release_gradients(mark.nodes);
     nodes_.resize(mark.nodes);
-    // Earlier nodes whose gradient buffers were allocated after the mark lose
-    // them with the memory (they are allocated again when next needed).
-    while (!late_grads_.empty() && !before(late_grads_.back().position, mark.arena)) {
-      if (late_grads_.back().node < mark.nodes) nodes_[late_grads_.back().node].grad = nullptr;
-      late_grads_.pop_back();
-    }
     arena_.rewind(mark.arena);
   }
 
@@ -490,6 +492,8 @@ class Tape {
     Shape shape;
     std::uint32_t outputs;  // on a step's node: how many outputs (ending here) it serves
     std::uint32_t to_last;  // distance to the node holding this output's step
+    bool retain;            // keep the gradient after the reverse step (retain_grad)
+    bool released;          // the gradient was released in this backward pass
     bool requires_grad;
     bool destroy_step;   // the step owns resources: run its destructor on rewind
     bool external_grad;  // the gradient is a parameter's, never reset by the tape
@@ -570,32 +574,20 @@ class Tape {
     }
   }
 
-  // A gradient buffer allocated from `position` on for an already recorded node.
-  struct LateGrad {
-    std::size_t node;
-    Arena::Mark position;
-  };
-
-  static bool before(const Arena::Mark& a, const Arena::Mark& b) noexcept {
-    return a.chunk < b.chunk || (a.chunk == b.chunk && a.offset < b.offset);
+  // Returns the gradient buffers of nodes from `from` on to the pool.
+  void release_gradients(std::size_t from) noexcept {
+    for (std::size_t i = from; i < nodes_.size(); ++i) release_gradient(nodes_[i]);
+  }
+  void release_gradient(Node& node) noexcept {
+    if (node.external_grad || node.grad == nullptr) return;
+    gradients_.release(node.grad, static_cast<std::size_t>(node.shape.size()) * sizeof(T));
+    node.grad = nullptr;
+    node.grad_live = false;
   }
 
-  // Sets the nested-walk floor for a scope, restoring it even on exceptions.
-  class FloorGuard {
-   public:
-    FloorGuard(Tape& tape, std::size_t floor) noexcept : tape_(tape), saved_(std::exchange(tape.grad_floor_, floor)) {}
-    FloorGuard(const FloorGuard&) = delete;
-    FloorGuard& operator=(const FloorGuard&) = delete;
-    ~FloorGuard() { tape_.grad_floor_ = saved_; }
-
-   private:
-    Tape& tape_;
-    std::size_t saved_;
-  };
-
   Var<T> push(const Shape& shape, T* value, bool needs_grad, Step* step, bool destroy_step) {
-    nodes_.push_back(Node{value, nullptr, step, ++serial_, nullptr, 0, shape, 1, 0, needs_grad, destroy_step,
-                          false, false});
+    nodes_.push_back(Node{value, nullptr, step, ++serial_, nullptr, 0, shape, 1, 0, false, false, needs_grad,
+                          destroy_step, false, false});
     return Var<T>(this, id_, nodes_.size() - 1, serial_);
   }
 
@@ -651,9 +643,17 @@ class Tape {
       // reallocate the node list.
       Step* step = nodes_[i].step;
       if (step == nullptr) continue;
+      const std::size_t first = i + 1 - nodes_[i].outputs;
       bool live = false;
-      for (std::size_t k = i + 1 - nodes_[i].outputs; k <= i; ++k) live = live || nodes_[k].grad_live;
-      if (live) step->run(*this, i);
+      for (std::size_t k = first; k <= i; ++k) live = live || nodes_[k].grad_live;
+      if (!live) continue;
+      step->run(*this, i);
+      // The outputs' gradients have done their work: back to the pool.
+      for (std::size_t k = first; k <= i; ++k) {
+        if (nodes_[k].retain || nodes_[k].external_grad) continue;
+        release_gradient(nodes_[k]);
+        nodes_[k].released = true;
+      }
     }
   }
 
@@ -667,10 +667,9 @@ class Tape {
   MemoryCounter* counter_;
   std::uint64_t id_;
   Arena arena_;
+  GradientPool gradients_;
   std::vector<Node, CountingAllocator<Node>> nodes_;
-  std::vector<LateGrad, CountingAllocator<LateGrad>> late_grads_;
   std::uint64_t serial_ = 0;
-  std::size_t grad_floor_ = 0;
   bool grad_enabled_ = true;
 };
 
