@@ -1,58 +1,59 @@
-// Row-wise softmax and log-softmax (each row a sample, each column a class),
-// computed after subtracting the row maximum so they never overflow.
+// Softmax and log-softmax along an axis (the last by default: each row a
+// sample, each column a class), computed after subtracting the maximum along
+// the axis so they never overflow. PyTorch's semantics: the axis counts from
+// the end when negative; a scalar (rank 0) has no axis; an empty axis throws
+// unless the value is empty anyway (softmax of [0, 10] is an empty [0, 10]).
 #pragma once
 
+#include <string>
+
+#include "momnet/kernels/softmax.hpp"
 #include "momnet/ops/checks.hpp"
 #include "momnet/tape.hpp"
-#include "momnet/views.hpp"
 
 namespace momnet {
 namespace detail {
 
-// out = log_softmax(x) row by row.
+// softmax (log_softmax when `log`) of x along `axis`, recorded as `operation`.
 template <class T>
-void log_softmax_rows(const T* x, T* out, const Shape& shape) {
-  const auto X = matrix_view(x, shape).array();
-  auto Y = matrix_view(out, shape).array();
-  Y = X.colwise() - X.rowwise().maxCoeff();
-  Y.colwise() -= Y.exp().rowwise().sum().log();
+Var<T> softmax_along(const char* operation, const Var<T>& x, int axis, bool log) {
+  Tape<T>& tape = common_tape(operation, x);
+  const Shape shape = x.shape();
+  const AxisSplit s = shape.split(axis, operation);
+  if (s.axis == 0 && s.outer != 0 && s.inner != 0) {
+    throw_shape(operation, shape, "axis " + std::to_string(axis) + " is empty: nothing to normalise over");
+  }
+  T* out = tape.allocate(shape.size());
+  // Other axes than the last need inner values of scratch, kept for backward.
+  T* scratch = s.inner > 1 ? tape.allocate(s.inner) : nullptr;
+  if (log) {
+    kernels::log_softmax(x.data(), out, s, scratch);
+  } else {
+    kernels::softmax(x.data(), out, s, scratch);
+  }
+  return tape.record_op({x}, shape, out, [=](Gradients<T>& g) {
+    T* gx = g.input(0);
+    if (gx == nullptr) return;
+    if (log) {
+      kernels::log_softmax_backward(g.output(0), static_cast<const T*>(out), gx, s, scratch);
+    } else {
+      kernels::softmax_backward(g.output(0), static_cast<const T*>(out), gx, s, scratch);
+    }
+  });
 }
 
 }  // namespace detail
 
+// exp(x) / sum(exp(x)) along `axis`.
 template <class T>
-Var<T> softmax(const Var<T>& x) {
-  const char* name = "momnet::softmax";
-  Tape<T>& tape = detail::common_tape(name, x);
-  const Shape shape = x.shape();
-  if (shape.cols() == 0) detail::throw_shape(name, shape, "needs at least one column");
-  T* out = tape.allocate(shape.size());
-  detail::log_softmax_rows(x.data(), out, shape);
-  array_view(out, shape.size()) = array_view(out, shape.size()).exp();
-  return tape.record(shape, out, {x}, [=](const T* g) {
-    const auto G = matrix_view(g, shape).array();
-    const auto Y = matrix_view(out, shape).array();
-    // dx = y * (g - sum_j g_j y_j), row by row
-    matrix_view(x.tape().gradient_for(x), shape).array() +=
-        Y * (G.colwise() - (G * Y).rowwise().sum());
-  });
+Var<T> softmax(const Var<T>& x, int axis = -1) {
+  return detail::softmax_along("momnet::softmax", x, axis, false);
 }
 
+// x - log(sum(exp(x))) along `axis`.
 template <class T>
-Var<T> log_softmax(const Var<T>& x) {
-  const char* name = "momnet::log_softmax";
-  Tape<T>& tape = detail::common_tape(name, x);
-  const Shape shape = x.shape();
-  if (shape.cols() == 0) detail::throw_shape(name, shape, "needs at least one column");
-  T* out = tape.allocate(shape.size());
-  detail::log_softmax_rows(x.data(), out, shape);
-  return tape.record(shape, out, {x}, [=](const T* g) {
-    const auto G = matrix_view(g, shape).array();
-    const auto Y = matrix_view(out, shape).array();
-    // dx = g - softmax(x) * sum_j g_j, row by row
-    matrix_view(x.tape().gradient_for(x), shape).array() +=
-        G - Y.exp().colwise() * G.rowwise().sum();
-  });
+Var<T> log_softmax(const Var<T>& x, int axis = -1) {
+  return detail::softmax_along("momnet::log_softmax", x, axis, true);
 }
 
 }  // namespace momnet
