@@ -293,8 +293,8 @@ TEST_CASE("Linear rejects bad sizes and inputs", "[layers][linear][errors]") {
   Tape<double> tape;
   REQUIRE_THROWS_EXACT(layer.forward(tape, tape.constant(Tensor<double>(Shape{4, 5}))), std::invalid_argument,
                        "momnet::linear", "[4, 5] and [2, 3]");
-  REQUIRE_THROWS_EXACT(layer.forward(tape, tape.constant(Tensor<double>(Shape{3}))), std::invalid_argument,
-                       "momnet::linear", "rank 2", "[3]");
+  REQUIRE_THROWS_EXACT(layer.forward(tape, tape.constant(Tensor<double>(Shape{}))), std::invalid_argument,
+                       "momnet::linear", "rank 1 or more", "[] and [2, 3]");
 }
 
 // ---- activations and MLPBlock -------------------------------------------------
@@ -376,9 +376,26 @@ TEST_CASE("MLPBlock rejects an input of the wrong width", "[layers][mlp][errors]
   momnet::MLPBlock<double> block(3, 5, rng);
   Tape<double> tape;
   REQUIRE_THROWS_EXACT(block.forward(tape, tape.constant(Tensor<double>(Shape{2, 4}))), std::invalid_argument,
-                       "momnet::MLPBlock", "expects [batch, 3], got [2, 4]");
-  REQUIRE_THROWS_EXACT(block.forward(tape, tape.constant(Tensor<double>(Shape{3}))), std::invalid_argument,
-                       "momnet::MLPBlock", "got [3]");
-  REQUIRE_THROWS_EXACT(block.forward(tape, tape.constant(Tensor<double>(Shape{2, 1, 3}))),
-                       std::invalid_argument, "momnet::MLPBlock", "got [2, 1, 3]");
+                       "momnet::MLPBlock", "expects [..., 3], got [2, 4]");
+  REQUIRE_THROWS_EXACT(block.forward(tape, tape.constant(Tensor<double>(Shape{4}))), std::invalid_argument,
+                       "momnet::MLPBlock", "got [4]");
+  REQUIRE_THROWS_EXACT(block.forward(tape, tape.constant(Tensor<double>(Shape{}))), std::invalid_argument,
+                       "momnet::MLPBlock", "got []");
+}
+
+TEST_CASE("MLPBlock acts on the last axis of any rank, as a Transformer's feed-forward", "[layers][mlp]") {
+  Rng rng(62);
+  momnet::MLPBlock<double> block(3, 5, rng);
+  for (const Shape& shape : {Shape{3}, Shape{2, 3}, Shape{2, 4, 3}, Shape{2, 2, 2, 3}}) {
+    INFO(shape.to_string());
+    const auto result = momnet::check_block_gradients(block, momnet_test::uniform(shape, 63));
+    INFO(result.worst);
+    CHECK(result.passed);
+  }
+  // A momentum stack over [batch, tokens, dim] rebuilds it exactly.
+  momnet::MomentumResidual<momnet::MLPBlock<double>> net(block, 50);
+  const Tensor<double> x = momnet_test::uniform(Shape{2, 4, 3}, 64);
+  momnet::MomentumState<double> state = net.evaluate(x);
+  net.inverse(state);
+  CHECK((state.x().array() - x.array()).abs().maxCoeff() < 1e-12);
 }

@@ -230,6 +230,26 @@ class Tape {
   // Uninitialised, aligned storage for `count` values, released by rewind.
   T* allocate(Eigen::Index count) { return static_cast<T*>(arena_.allocate(checked_bytes(count, sizeof(T)))); }
 
+  // Temporary, aligned storage for a reverse rule, from the gradient pool and
+  // returned to it when the Scratch ends: memory the arena would otherwise
+  // keep until the tape is cleared.
+  class Scratch {
+   public:
+    Scratch(Tape& tape, Eigen::Index count)
+        : pool_(&tape.gradients_), bytes_(checked_bytes(count, sizeof(T))),
+          data_(static_cast<T*>(pool_->acquire(bytes_))) {}
+    Scratch(const Scratch&) = delete;
+    Scratch& operator=(const Scratch&) = delete;
+    ~Scratch() { pool_->release(data_, bytes_); }
+    T* data() const noexcept { return data_; }
+
+   private:
+    GradientPool* pool_;
+    std::size_t bytes_;
+    T* data_;
+  };
+  Scratch scratch(Eigen::Index count) { return Scratch(*this, count); }
+
   // Uninitialised, aligned storage for `count` objects of a trivial type (an
   // operation's saved integers, say), released by rewind.
   template <class U>

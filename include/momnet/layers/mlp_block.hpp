@@ -1,5 +1,6 @@
 // Linear -> activation -> Linear: the residual function of the reference
-// Momentum ResNet experiments, mapping [batch, dim] to [batch, dim].
+// Momentum ResNet experiments, mapping [..., dim] to [..., dim] (the
+// position-wise feed-forward of a Transformer on [batch, tokens, dim]).
 #pragma once
 
 #include <stdexcept>
@@ -22,11 +23,12 @@ class MLPBlock {
       : first_(dim, hidden, rng, true, "fc1"), second_(hidden, dim, rng, true, "fc2"),
         activation_(activation) {}
 
+  // x is [..., dim] of any rank from 1: [batch, dim], [batch, tokens, dim].
   Var<T> forward(Tape<T>& tape, const Var<T>& x) {
-    const Shape& shape = x.shape();
-    if (shape.rank() != 2 || shape.dim(1) != dim()) {
-      throw std::invalid_argument("momnet::MLPBlock: expects [batch, " + std::to_string(dim()) +
-                                  "], got " + shape.to_string());
+    const Shape shape = x.shape();
+    if (shape.rank() < 1 || shape.dim(-1) != dim()) {
+      throw std::invalid_argument("momnet::MLPBlock: expects [..., " + std::to_string(dim()) + "], got " +
+                                  shape.to_string());
     }
     return second_.forward(tape, activate(first_.forward(tape, x), activation_));
   }

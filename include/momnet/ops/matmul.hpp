@@ -1,8 +1,14 @@
-// Matrix products: matmul(a, b) with optional transposes, and the fused
-// linear(x, weight, bias) = x weight^T + bias of a dense layer (one node, one
-// pass over the output instead of a product followed by a broadcast add).
+// Matrix products: matmul(a, b), batched over leading dimensions with optional
+// transposes of the last two, and the fused linear(x, weight, bias) =
+// x weight^T + bias over the last axis (one node, one pass over the output
+// instead of a product followed by a broadcast add). The plain kernels (GEMMs,
+// batch broadcasting) are in kernels/matmul.hpp; these wrappers check shapes
+// and record the reverse rules.
 #pragma once
 
+#include <string>
+
+#include "momnet/kernels/matmul.hpp"
 #include "momnet/ops/checks.hpp"
 #include "momnet/tape.hpp"
 #include "momnet/views.hpp"
@@ -11,100 +17,92 @@ namespace momnet {
 
 enum class Transpose : bool { no = false, yes = true };
 
-// op(a) * op(b) where op transposes when asked; both operands are rank 2.
+// op(a) op(b), batched like torch.matmul, where op transposes the last two
+// dimensions of its operand when asked (attention: matmul(q, k, no, yes)).
+//   [m, k] x [k, n]                      -> [m, n]       (one GEMM)
+//   [B, H, T, D] x [B, H, D, S]          -> [B, H, T, S] (one GEMM per matrix)
+//   [T, D] x [B, H, D, S], [B, 1, T, D] x [1, H, D, S]: batch dimensions (all
+//   but the last two) broadcast NumPy-style, aligned from the right, a 1
+//   repeating; an operand's gradient is summed over the batches it was
+//   repeated across.
+//   [k] x [..., k, n] -> [..., n] and [..., m, k] x [k] -> [..., m] (a vector
+//   a is a row, a vector b a column, and that dimension is dropped; [k] x [k]
+//   is a scalar); a transpose flag on a rank-1 operand is refused.
+// Ranks 1 to 4; errors name the operation and both shapes.
 template <class T>
 Var<T> matmul(const Var<T>& a, const Var<T>& b, Transpose transpose_a = Transpose::no,
               Transpose transpose_b = Transpose::no) {
   const char* name = "momnet::matmul";
   Tape<T>& tape = detail::common_tape(name, a, b);
   const Shape sa = a.shape(), sb = b.shape();
-  if (sa.rank() != 2 || sb.rank() != 2) detail::throw_shapes(name, sa, sb, "operands must be rank 2");
-  const bool ta = transpose_a == Transpose::yes, tb = transpose_b == Transpose::yes;
-  const Eigen::Index m = ta ? sa.dim(1) : sa.dim(0);
-  const Eigen::Index k = ta ? sa.dim(0) : sa.dim(1);
-  const Eigen::Index kb = tb ? sb.dim(1) : sb.dim(0);
-  const Eigen::Index n = tb ? sb.dim(0) : sb.dim(1);
-  if (k != kb) detail::throw_shapes(name, sa, sb, "inner dimensions differ");
+  kernels::MatmulPlan plan;
+  switch (kernels::plan_matmul(sa, sb, transpose_a == Transpose::yes, transpose_b == Transpose::yes, plan)) {
+    case kernels::MatmulStatus::ok: break;
+    case kernels::MatmulStatus::bad_rank: detail::throw_shapes(name, sa, sb, "operands must have rank 1 to 4");
+    case kernels::MatmulStatus::transposed_vector:
+      detail::throw_shapes(name, sa, sb, "a rank-1 operand cannot be transposed");
+    case kernels::MatmulStatus::inner_mismatch:
+      detail::throw_shapes(name, sa, sb,
+                           "inner dimensions differ (" + std::to_string(plan.k) + " against " +
+                               std::to_string(transpose_b == Transpose::yes ? plan.b_cols : plan.b_rows) + ")");
+    case kernels::MatmulStatus::batch_mismatch:
+      detail::throw_shapes(name, sa, sb, "batch dimensions do not broadcast");
+  }
   const T* pa = a.data();
   const T* pb = b.data();
-  const Shape out_shape{m, n};
-  T* out = tape.allocate(out_shape.size());
-  {
-    const auto A = matrix_view(pa, sa);
-    const auto B = matrix_view(pb, sb);
-    auto C = matrix_view(out, out_shape);
-    if (!ta && !tb) C.noalias() = A * B;
-    if (!ta && tb) C.noalias() = A * B.transpose();
-    if (ta && !tb) C.noalias() = A.transpose() * B;
-    if (ta && tb) C.noalias() = A.transpose() * B.transpose();
-  }
-  return tape.record(out_shape, out, {a, b}, [=](const T* g) {
-    const auto A = matrix_view(pa, sa);
-    const auto B = matrix_view(pb, sb);
-    const auto G = matrix_view(g, out_shape);
-    if (a.requires_grad()) {
-      auto GA = matrix_view(a.tape().gradient_for(a), sa);
-      // C = A B: dA = G B^T; with A transposed, dA = (G op(B)^T)^T = op(B) G^T.
-      if (!ta && !tb) GA.noalias() += G * B.transpose();
-      if (!ta && tb) GA.noalias() += G * B;
-      if (ta && !tb) GA.noalias() += B * G.transpose();
-      if (ta && tb) GA.noalias() += B.transpose() * G.transpose();
-    }
-    if (b.requires_grad()) {
-      auto GB = matrix_view(b.tape().gradient_for(b), sb);
-      // dB = op(A)^T G, transposed back when B was used transposed.
-      if (!ta && !tb) GB.noalias() += A.transpose() * G;
-      if (!ta && tb) GB.noalias() += G.transpose() * A;
-      if (ta && !tb) GB.noalias() += A * G;
-      if (ta && tb) GB.noalias() += G.transpose() * A.transpose();
-    }
+  T* out = tape.allocate(plan.out.size());
+  kernels::matmul_forward(plan, pa, pb, out);
+  return tape.record_op({a, b}, plan.out, out, [=](Gradients<T>& g) {
+    if (T* ga = g.input(0)) kernels::matmul_backward_a(plan, g.output(0), pb, ga);
+    if (T* gb = g.input(1)) kernels::matmul_backward_b(plan, pa, g.output(0), gb);
   });
 }
 
-// x weight^T + bias: x is [batch, in], weight [out, in] (PyTorch's layout),
-// bias [out] or an empty Var for none. The result is [batch, out].
+// x weight^T + bias over the last axis, like torch.nn.functional.linear: x is
+// [..., in] of any rank from 1 (every leading dimension is a batch), weight
+// [out, in] (PyTorch's layout), bias [out] (or [1, out]) or an empty Var for
+// none. The result is [..., out]; [in] gives [out]. One GEMM on x read as
+// [rows, in], rows the product of its leading dimensions; an empty batch gives
+// an empty result and in = 0 gives the bias (or zeros).
 template <class T>
 Var<T> linear(const Var<T>& x, const Var<T>& weight, const Var<T>& bias = Var<T>()) {
   const char* name = "momnet::linear";
   Tape<T>& tape = detail::common_tape(name, x, weight);
   const Shape sx = x.shape(), sw = weight.shape();
-  if (sx.rank() != 2) detail::throw_shape(name, sx, "the input must be rank 2 [batch, features]");
+  if (sx.rank() < 1) detail::throw_shapes(name, sx, sw, "the input must have rank 1 or more [..., in]");
   if (sw.rank() != 2) detail::throw_shape(name, sw, "the weight must be rank 2 [out, in]");
-  if (sx.dim(1) != sw.dim(1)) {
-    detail::throw_shapes(name, sx, sw, "input features differ from the weight's in-features");
+  const int last = sx.rank() - 1;
+  const Eigen::Index in = sw.dim(1), out_features = sw.dim(0);
+  if (sx.dim(last) != in) {
+    detail::throw_shapes(name, sx, sw, "input features (last dimension) differ from the weight's in-features");
   }
   const bool has_bias = bias.valid();
   if (has_bias) {
     detail::common_tape(name, x, bias);
-    if (bias.size() != sw.dim(0) || !detail::is_row_shape(bias.shape())) {
+    if (bias.size() != out_features || !detail::is_row_shape(bias.shape())) {
       detail::throw_shapes(name, sw, bias.shape(), "the bias must be a row of the weight's out-features");
     }
   }
-  const Eigen::Index batch = sx.dim(0), out_features = sw.dim(0);
-  const Shape out_shape{batch, out_features};
+  Eigen::Index rows = 1;
+  for (int i = 0; i < last; ++i) rows *= sx.dim(i);
+  Shape out_shape = sx;
+  switch (sx.rank()) {
+    case 1: out_shape = Shape{out_features}; break;
+    case 2: out_shape = Shape{sx.dim(0), out_features}; break;
+    case 3: out_shape = Shape{sx.dim(0), sx.dim(1), out_features}; break;
+    default: out_shape = Shape{sx.dim(0), sx.dim(1), sx.dim(2), out_features}; break;
+  }
   const T* px = x.data();
   const T* pw = weight.data();
-  const T* pbias = has_bias ? bias.data() : nullptr;
   T* out = tape.allocate(out_shape.size());
-  {
-    auto Y = matrix_view(out, out_shape);
-    Y.noalias() = matrix_view(px, sx) * matrix_view(pw, sw).transpose();
-    if (has_bias) Y.rowwise() += ConstMatrixView<T>(pbias, 1, out_features).row(0);
-  }
-  auto backward = [=](const T* g) {
-    const auto G = matrix_view(g, out_shape);
-    if (x.requires_grad()) {
-      matrix_view(x.tape().gradient_for(x), sx).noalias() += G * matrix_view(pw, sw);
-    }
-    if (weight.requires_grad()) {
-      matrix_view(weight.tape().gradient_for(weight), sw).noalias() += G.transpose() * matrix_view(px, sx);
-    }
-    if (has_bias && bias.requires_grad()) {
-      MatrixView<T>(bias.tape().gradient_for(bias), 1, out_features) += G.colwise().sum();
-    }
-  };
-  if (has_bias) return tape.record(out_shape, out, {x, weight, bias}, backward);
-  return tape.record(out_shape, out, {x, weight}, backward);
+  kernels::linear_forward(px, pw, has_bias ? bias.data() : static_cast<const T*>(nullptr), out, rows, in,
+                          out_features);
+  return tape.record_op({x, weight, bias}, out_shape, out, [=](Gradients<T>& g) {
+    const T* gy = g.output(0);
+    if (T* gx = g.input(0)) kernels::linear_backward_x(gy, pw, gx, rows, in, out_features);
+    if (T* gw = g.input(1)) kernels::linear_backward_weight(gy, px, gw, rows, in, out_features);
+    if (T* gb = g.input(2)) kernels::linear_backward_bias(gy, gb, rows, out_features);
+  });
 }
 
 }  // namespace momnet
