@@ -196,7 +196,7 @@ TEST_CASE("add, sub, mul, div gradients with every broadcast", "[ops][gradients]
       {"row [1, 3] on the right", Shape{2, 3}, Shape{1, 3}},
       {"row [3] on the left", Shape{3}, Shape{2, 3}},
       {"row [1, 3] on the left", Shape{1, 3}, Shape{2, 3}},
-      {"row of an image batch on the right", Shape{2, 2, 1, 3}, Shape{6}},
+      {"row [3] of an image batch on the right", Shape{2, 2, 1, 3}, Shape{3}},
       {"scalar on the right", Shape{2, 3}, Shape{}},
       {"scalar [1, 1] on the left", Shape{1, 1}, Shape{2, 3}},
       {"scalar [1] on the left", Shape{1}, Shape{2, 3}},
@@ -469,8 +469,8 @@ TEST_CASE("operations name themselves and both shapes on a mismatch", "[ops][err
                          std::invalid_argument, "momnet::matmul", "[3, 2] and [2, 3]");
     REQUIRE_THROWS_EXACT(momnet::matmul(var(Shape{2, 3}), var(Shape{2, 3}), Transpose::yes, Transpose::yes),
                          std::invalid_argument, "momnet::matmul", "[2, 3] and [2, 3]");
-    REQUIRE_THROWS_EXACT(momnet::matmul(var(Shape{3}), var(Shape{3, 2})), std::invalid_argument, "momnet::matmul",
-                         "rank 2", "[3] and [3, 2]");
+    REQUIRE_THROWS_EXACT(momnet::matmul(var(Shape{}), var(Shape{3, 2})), std::invalid_argument, "momnet::matmul",
+                         "rank 1 to 4", "[] and [3, 2]");
     REQUIRE_NOTHROW(momnet::matmul(var(Shape{2, 3}), var(Shape{2, 3}), Transpose::no, Transpose::yes));
   }
   SECTION("linear") {
@@ -480,8 +480,8 @@ TEST_CASE("operations name themselves and both shapes on a mismatch", "[ops][err
                          "momnet::linear", "bias", "[4, 3] and [5]");
     REQUIRE_THROWS_EXACT(momnet::linear(var(Shape{2, 3}), var(Shape{4, 3}), var(Shape{2, 2})),
                          std::invalid_argument, "momnet::linear", "bias", "[4, 3] and [2, 2]");
-    REQUIRE_THROWS_EXACT(momnet::linear(var(Shape{6}), var(Shape{4, 6})), std::invalid_argument, "momnet::linear",
-                         "input must be rank 2", "got [6]");
+    REQUIRE_THROWS_EXACT(momnet::linear(var(Shape{}), var(Shape{4, 6})), std::invalid_argument, "momnet::linear",
+                         "rank 1 or more", "[] and [4, 6]");
     REQUIRE_THROWS_EXACT(momnet::linear(var(Shape{2, 6}), var(Shape{6})), std::invalid_argument, "momnet::linear",
                          "weight must be rank 2", "got [6]");
   }
@@ -491,9 +491,9 @@ TEST_CASE("operations name themselves and both shapes on a mismatch", "[ops][err
     };
     const Case cases[] = {{Shape{2, 3}, Shape{3, 2}},   // same size, other shape
                           {Shape{2, 3}, Shape{2}},      // a column is not a row
-                          {Shape{2, 3}, Shape{2, 1}},
+                          {Shape{2, 3}, Shape{3, 1}},
                           {Shape{3}, Shape{4}},         // rows of different lengths
-                          {Shape{2, 2, 3}, Shape{3}}};  // a row must match all the columns (6)
+                          {Shape{2, 2, 3}, Shape{6}}};  // a row matches the last axis (3), not all columns
     for (int op = 0; op < 4; ++op) {
       for (const Case& c : cases) {
         const std::string name = std::string("momnet::") + binary_names[op];
@@ -508,21 +508,20 @@ TEST_CASE("operations name themselves and both shapes on a mismatch", "[ops][err
   SECTION("mse") {
     REQUIRE_THROWS_EXACT(momnet::mse(var(Shape{2, 3}), var(Shape{3, 2})), std::invalid_argument, "momnet::mse",
                          "shapes differ", "[2, 3] and [3, 2]");
-    REQUIRE_THROWS_EXACT(momnet::mse(var(Shape{0, 3}), var(Shape{0, 3})), std::invalid_argument, "momnet::mse",
-                         "at least one element", "[0, 3]");
+    CHECK(momnet::mse(var(Shape{0, 3}), var(Shape{0, 3})).item() == 0.0);  // an empty batch: 0 (loss.hpp)
   }
   SECTION("concat") {
     REQUIRE_THROWS_EXACT(momnet::concat(var(Shape{2, 3}), var(Shape{3, 3})), std::invalid_argument,
-                         "momnet::concat", "row counts differ", "[2, 3] and [3, 3]");
+                         "momnet::concat", "other than axis -1 differ", "[2, 3] and [3, 3]");
     REQUIRE_THROWS_EXACT(momnet::concat(std::vector<Var<double>>{var(Shape{2, 1}), var(Shape{2, 2}), var(Shape{4})}),
-                         std::invalid_argument, "momnet::concat", "row counts differ", "[2, 1] and [4]");
+                         std::invalid_argument, "momnet::concat", "ranks differ", "[2, 1] and [4]");
     REQUIRE_THROWS_EXACT(momnet::concat(std::vector<Var<double>>{}), std::invalid_argument, "momnet::concat",
                          "nothing to concatenate");
   }
   SECTION("slice out of range") {
     const Var<double> x = var(Shape{2, 5});
     REQUIRE_THROWS_EXACT(momnet::slice(x, 3, 3), std::invalid_argument, "momnet::slice", "[3, 6)", "[2, 5]",
-                         "5 columns");
+                         "length 5");
     REQUIRE_THROWS_EXACT(momnet::slice(x, -1, 2), std::invalid_argument, "momnet::slice", "[-1, 1)");
     REQUIRE_THROWS_EXACT(momnet::slice(x, 1, -1), std::invalid_argument, "momnet::slice", "outside [2, 5]");
     REQUIRE_NOTHROW(momnet::slice(x, 0, 5));
@@ -533,9 +532,9 @@ TEST_CASE("operations name themselves and both shapes on a mismatch", "[ops][err
   }
   SECTION("softmax, log_softmax need a column; mean needs an element") {
     REQUIRE_THROWS_EXACT(momnet::softmax(var(Shape{2, 0})), std::invalid_argument, "momnet::softmax",
-                         "at least one column", "[2, 0]");
+                         "axis -1 is empty", "[2, 0]");
     REQUIRE_THROWS_EXACT(momnet::log_softmax(var(Shape{2, 0})), std::invalid_argument, "momnet::log_softmax",
-                         "at least one column", "[2, 0]");
+                         "axis -1 is empty", "[2, 0]");
     REQUIRE_THROWS_EXACT(momnet::mean(var(Shape{0})), std::invalid_argument, "momnet::mean", "no elements", "[0]");
     CHECK(momnet::sum(var(Shape{0})).item() == 0.0);
   }
@@ -551,8 +550,7 @@ TEST_CASE("operations name themselves and both shapes on a mismatch", "[ops][err
                          "label 3 at index 1", "outside [0, 3)");
     REQUIRE_THROWS_EXACT(momnet::cross_entropy(logits, {-1, 0}), std::invalid_argument, "momnet::cross_entropy",
                          "label -1 at index 0");
-    REQUIRE_THROWS_EXACT(momnet::cross_entropy(var(Shape{0, 3}), {}), std::invalid_argument,
-                         "momnet::cross_entropy", "non-empty batch");
+    CHECK(momnet::cross_entropy(var(Shape{0, 3}), {}).item() == 0.0);  // an empty batch: 0 (loss.hpp)
   }
 }
 
