@@ -8,6 +8,7 @@
 
 #include "momnet/layers/activation.hpp"
 #include "momnet/layers/linear.hpp"
+#include "momnet/ops/linear_activation.hpp"
 #include "momnet/random.hpp"
 #include "momnet/tape.hpp"
 
@@ -30,7 +31,10 @@ class MLPBlock {
       throw std::invalid_argument("momnet::MLPBlock: expects [..., " + std::to_string(dim()) + "], got " +
                                   shape.to_string());
     }
-    return second_.forward(tape, activate(first_.forward(tape, x), activation_));
+    // One node for fc1 and the activation: it stores the activated values
+    // only (see ops/linear_activation.hpp).
+    const Var<T> hidden = linear_activation(x, tape.param(first_.weight()), tape.param(first_.bias()), activation_);
+    return second_.forward(tape, hidden);
   }
 
   // `fc1.weight`, `fc1.bias`, `fc2.weight`, `fc2.bias`.

@@ -64,34 +64,45 @@ Var<T> matmul(const Var<T>& a, const Var<T>& b, Transpose transpose_a = Transpos
 // none. The result is [..., out]; [in] gives [out]. One GEMM on x read as
 // [rows, in], rows the product of its leading dimensions; an empty batch gives
 // an empty result and in = 0 gives the bias (or zeros).
+namespace detail {
+
+// The geometry of linear(x, weight, bias), checked: x read as [rows, in],
+// the result [..., out]. Throws naming `name` and the shapes.
+struct LinearGeometry {
+  Eigen::Index rows, in, out;
+  Shape out_shape;
+};
 template <class T>
-Var<T> linear(const Var<T>& x, const Var<T>& weight, const Var<T>& bias = Var<T>()) {
-  const char* name = "momnet::linear";
-  Tape<T>& tape = detail::common_tape(name, x, weight);
+LinearGeometry linear_geometry(const char* name, const Var<T>& x, const Var<T>& weight, const Var<T>& bias) {
+  common_tape(name, x, weight);
   const Shape sx = x.shape(), sw = weight.shape();
-  if (sx.rank() < 1) detail::throw_shapes(name, sx, sw, "the input must have rank 1 or more [..., in]");
-  if (sw.rank() != 2) detail::throw_shape(name, sw, "the weight must be rank 2 [out, in]");
+  if (sx.rank() < 1) throw_shapes(name, sx, sw, "the input must have rank 1 or more [..., in]");
+  if (sw.rank() != 2) throw_shape(name, sw, "the weight must be rank 2 [out, in]");
   const int last = sx.rank() - 1;
   const Eigen::Index in = sw.dim(1), out_features = sw.dim(0);
   if (sx.dim(last) != in) {
-    detail::throw_shapes(name, sx, sw, "input features (last dimension) differ from the weight's in-features");
+    throw_shapes(name, sx, sw, "input features (last dimension) differ from the weight's in-features");
   }
-  const bool has_bias = bias.valid();
-  if (has_bias) {
-    detail::common_tape(name, x, bias);
-    if (bias.size() != out_features || !detail::is_row_shape(bias.shape())) {
-      detail::throw_shapes(name, sw, bias.shape(), "the bias must be a row of the weight's out-features");
+  if (bias.valid()) {
+    common_tape(name, x, bias);
+    if (bias.size() != out_features || !is_row_shape(bias.shape())) {
+      throw_shapes(name, sw, bias.shape(), "the bias must be a row of the weight's out-features");
     }
   }
   Eigen::Index rows = 1;
   for (int i = 0; i < last; ++i) rows *= sx.dim(i);
-  Shape out_shape = sx;
-  switch (sx.rank()) {
-    case 1: out_shape = Shape{out_features}; break;
-    case 2: out_shape = Shape{sx.dim(0), out_features}; break;
-    case 3: out_shape = Shape{sx.dim(0), sx.dim(1), out_features}; break;
-    default: out_shape = Shape{sx.dim(0), sx.dim(1), sx.dim(2), out_features}; break;
-  }
+  return {rows, in, out_features, sx.with_dim(last, out_features)};
+}
+
+}  // namespace detail
+
+template <class T>
+Var<T> linear(const Var<T>& x, const Var<T>& weight, const Var<T>& bias = Var<T>()) {
+  const detail::LinearGeometry geometry = detail::linear_geometry("momnet::linear", x, weight, bias);
+  Tape<T>& tape = x.tape();
+  const Eigen::Index rows = geometry.rows, in = geometry.in, out_features = geometry.out;
+  const Shape out_shape = geometry.out_shape;
+  const bool has_bias = bias.valid();
   const T* px = x.data();
   const T* pw = weight.data();
   T* out = tape.allocate(out_shape.size());
