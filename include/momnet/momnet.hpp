@@ -9,6 +9,7 @@
 #include "momnet/exact_momentum.hpp"
 #include "momnet/fixed_point.hpp"
 #include "momnet/gradient_check.hpp"
+#include "momnet/gradient_pool.hpp"
 #include "momnet/init.hpp"
 #include "momnet/kernels/broadcast.hpp"
 #include "momnet/kernels/elementwise.hpp"
