@@ -109,6 +109,24 @@ struct ReturnsExtra {
   void visit_state(V&) {}
 };
 
+// The README's example block, word for word.
+template <class T>
+struct DropoutMLP {
+  using Scalar = T;
+  MLPBlock<T> mlp;
+  double keep = 0.9;
+
+  Var<T> forward(Tape<T>& tape, const Var<T>& x, const CallContext<T>& context) {
+    Var<T> h = mlp.forward(tape, x);
+    if (!context.training) return h;
+    const CounterRng random = context.random();  // keyed by (seed, step, layer): replays exactly
+    T* mask = tape.allocate(h.size());
+    for (Eigen::Index i = 0; i < h.size(); ++i) mask[i] = random.bernoulli(i, keep) ? T(1 / keep) : T(0);
+    return mul(h, tape.leaf(h.shape(), mask, false));
+  }
+  template <class Visitor> void visit_state(Visitor& visit) { visit.child("mlp", mlp); }
+};
+
 template <class Model, class T>
 std::vector<T> gradients_of(Model& model, const Mat<T>& input) {
   zero_grad(model);
@@ -508,4 +526,11 @@ TEST_CASE("Shapes refuse sizes that overflow, and split along any axis", "[found
   CHECK(s.with_dim(-2, 7) == Shape{2, 3, 7, 5});
   CHECK(s.without_dim(0) == Shape{3, 4, 5});
   REQUIRE_THROWS_EXACT(Shape{}.split(0, "momnet::sum"), std::out_of_range, "momnet::sum", "axis 0", "rank 0");
+}
+
+TEST_CASE("The README's dropout block rebuilds bitwise and is named mlp.fc1.weight, ...", "[foundation][readme]") {
+  Rng rng(40);
+  MomentumResidual<DropoutMLP<float>> net(DropoutMLP<float>{MLPBlock<float>(6, 12, rng)}, 1000);
+  require_bitwise_rebuild<float>(net, random_input<float>(4, 6, 41));
+  CHECK(named_parameters(net)[0].first == "0.mlp.fc1.weight");
 }
