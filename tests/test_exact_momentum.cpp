@@ -7,7 +7,10 @@
 #include <momnet/random.hpp>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
+#include <limits>
+#include <string>
 #include <vector>
 
 using namespace momnet;
@@ -213,4 +216,80 @@ TEST_CASE("Velocity growing out of range names the layer", "[exact]") {
     CHECK_THAT(e.what(), Catch::Contains("layer " + std::to_string(layer) + ": the activation") &&
                              Catch::Contains("left the exact range +-4"));
   }
+}
+
+TEST_CASE("A state of 0 elements runs forward, backward and its checks", "[exact][hardening]") {
+  // Its buffers are null: memcpy, memset and memcmp may not receive them
+  // (UndefinedBehaviorSanitizer flags the call even for 0 bytes).
+  MemoryCounter counter;
+  ExactMomentum<float> state(0, FixedPointFormat(32), RationalGamma(0.5, 16), counter);
+  const float* none = nullptr;
+  state.load(none, nullptr);
+  for (std::size_t n = 0; n < 200; ++n) state.step(none, n);  // past a spill decision
+  ExactMomentum<float> back = state.rewinding_copy();
+  for (std::size_t n = 200; n-- > 0;) {
+    back.unstep_position(n);
+    back.unstep_velocity(none, n);
+  }
+  REQUIRE_NOTHROW(back.verify_rebuilt(none, nullptr));
+  CHECK(state.store_bytes() == 0);
+  CHECK_THROWS_AS(ExactMomentum<float>(-1, FixedPointFormat(32), RationalGamma(0.5, 16), counter),
+                  std::invalid_argument);
+}
+
+TEST_CASE("A NaN that appears only in the rebuild is reported as NaN", "[exact][hardening]") {
+  MemoryCounter counter;
+  ExactMomentum<double> state(3, FixedPointFormat(44), RationalGamma(0.9, 16), counter);
+  const double x0[3] = {0.1, 0.2, 0.3};
+  double f[3] = {0.5, -0.5, 0.25};
+  state.load(x0, nullptr);
+  state.step(f, 0);
+  state.step(f, 1);
+  for (double wrong : {std::nan(""), -static_cast<double>(INFINITY)}) {
+    ExactMomentum<double> back = state.rewinding_copy();
+    back.unstep_position(1);
+    double rebuilt[3] = {f[0], wrong, f[2]};  // the block "returns" NaN on the way back only
+    try {
+      back.unstep_velocity(rebuilt, 1);
+      FAIL("no error");
+    } catch (const ReconstructionError& e) {
+      const std::string what = e.what();
+      INFO(what);
+      CHECK(what.find(std::isnan(wrong) ? "returned nan at element 1" : "returned -inf at element 1") !=
+            std::string::npos);
+      CHECK(what.find("layer 1") != std::string::npos);
+      CHECK(what.find("left the exact range") == std::string::npos);
+    }
+  }
+}
+
+TEST_CASE("Finiteness is read from the bit pattern", "[exact][hardening]") {
+  for (double value : {0.0, -0.0, 1.0, -3.5e300, 5e-324, std::numeric_limits<double>::max()}) {
+    CHECK(is_finite_bits(value));
+    CHECK_FALSE(is_nan_bits(value));
+    CHECK(is_finite_bits(static_cast<float>(value)) == std::isfinite(static_cast<float>(value)));
+  }
+  for (double value : {static_cast<double>(INFINITY), -static_cast<double>(INFINITY)}) {
+    CHECK_FALSE(is_finite_bits(value));
+    CHECK_FALSE(is_nan_bits(value));
+    CHECK_FALSE(is_finite_bits(static_cast<float>(value)));
+  }
+  CHECK(is_nan_bits(std::nan("")));
+  CHECK(is_nan_bits(-std::nan("")));
+  CHECK(is_nan_bits(std::nanf("")));
+  CHECK_FALSE(is_finite_bits(std::nanf("")));
+  // |y| < 2^62 exactly.
+  CHECK(below_fixed_point_limit(std::nextafter(std::ldexp(1.0, 62), 0.0)));
+  CHECK(below_fixed_point_limit(-std::nextafter(std::ldexp(1.0, 62), 0.0)));
+  CHECK_FALSE(below_fixed_point_limit(std::ldexp(1.0, 62)));
+  CHECK_FALSE(below_fixed_point_limit(-std::ldexp(1.0, 62)));
+  CHECK_FALSE(below_fixed_point_limit(INFINITY));
+  CHECK_FALSE(below_fixed_point_limit(std::nan("")));
+  CHECK(below_fixed_point_limit(0.0));
+  CHECK(below_fixed_point_limit(5e-324));
+}
+
+TEST_CASE("gamma errors print every digit", "[exact][hardening]") {
+  REQUIRE_THROWS_WITH(RationalGamma(1.0 + 1e-9, 16), Catch::Contains("got 1.000000001"));
+  REQUIRE_THROWS_WITH(RationalGamma(-1e-12, 16), Catch::Contains("got -1e-12"));
 }

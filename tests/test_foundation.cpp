@@ -534,3 +534,29 @@ TEST_CASE("The README's dropout block rebuilds bitwise and is named mlp.fc1.weig
   require_bitwise_rebuild<float>(net, random_input<float>(4, 6, 41));
   CHECK(named_parameters(net)[0].first == "0.mlp.fc1.weight");
 }
+
+TEST_CASE("A batch of 0 runs through every stack and mode (issue 9, item 9)", "[foundation][empty]") {
+  const Tensor<double> empty(Shape{0, 3});
+  for (BackwardMode mode : {BackwardMode::exact, BackwardMode::stored, BackwardMode::float_inverse}) {
+    INFO("mode " << to_string(mode));
+    MomentumResidual<MLPBlock<double>> net(mlp_blocks<double>(3, 3, 5, 42), options_for(0.9, mode));
+    Tape<double> tape;
+    const Var<double> x = tape.variable(empty);
+    const MomentumOutput<double> out = net.forward(tape, x);
+    CHECK(out.x.shape() == Shape{0, 3});
+    CHECK(out.v.shape() == Shape{0, 3});
+    zero_grad(net);
+    tape.backward(sum(out.x));
+    CHECK(x.grad().size() == 0);
+    for (Parameter<double>* p : parameters_of(net)) CHECK(p->grad().isZero());
+  }
+  Residual<MLPBlock<double>> resnet(mlp_blocks<double>(2, 3, 5, 43));
+  Tape<double> tape;
+  const Var<double> x = tape.variable(empty);
+  tape.backward(sum(resnet(tape, x)));
+  CHECK(x.grad().size() == 0);
+  MomentumResidual<MLPBlock<double>> net(mlp_blocks<double>(2, 3, 5, 44), {});
+  MomentumState<double> state = net.evaluate(empty);
+  net.inverse(state);
+  CHECK(state.x().shape() == Shape{0, 3});
+}

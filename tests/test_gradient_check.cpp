@@ -256,3 +256,67 @@ TEST_CASE("a function that throws mid-check leaves the parameters as they were",
   CHECK(alpha.array()[0] == 0.75);
   CHECK(alpha.grad_array()[0] == 42.0);
 }
+
+namespace {
+
+// y = x^3 / 2 with the reverse rule of cube(): breaks only the input gradient
+// when `fault` says so; the forward never changes.
+struct CubeBlock {
+  using Scalar = double;
+  Fault fault;
+  Var<double> forward(Tape<double>&, const Var<double>& x) { return momnet::scale(cube(x, fault), 0.5); }
+  template <class Visitor>
+  void visit_parameters(Visitor&&) {}
+};
+
+// The finite-difference step and tolerance the exact mode's 2^-44 rounding needs.
+GradientCheckOptions network_check() {
+  GradientCheckOptions options;
+  options.step = 1e-4;
+  options.tolerance = 1e-5;
+  return options;
+}
+
+template <class Block>
+GradientCheckResult check_network(std::vector<Block> blocks, momnet::BackwardMode mode, const Tensor<double>& x) {
+  momnet::MomentumOptions options;
+  options.gamma = 0.8;
+  options.mode = mode;
+  momnet::MomentumResidual<Block> net(std::move(blocks), options);
+  std::vector<Parameter<double>*> parameters;
+  net.visit_parameters([&parameters](Parameter<double>& p) { parameters.push_back(&p); });
+  return momnet::check_gradients([&net](Tape<double>& tape, const Vars& v) { return net(tape, v[0]); }, {x},
+                                 parameters, network_check());
+}
+
+}  // namespace
+
+TEST_CASE("A broken reverse rule fails the whole-network check in every mode, the forward untouched",
+          "[gradient_check][momentum]") {
+  // The forward is the same with and without the fault: only a reverse rule
+  // is wrong, which is what the check exists to catch.
+  const Tensor<double> x = uniform(Shape{2, 3}, 8, -0.8, 0.8);
+  for (momnet::BackwardMode mode :
+       {momnet::BackwardMode::exact, momnet::BackwardMode::stored, momnet::BackwardMode::float_inverse}) {
+    INFO("mode " << momnet::to_string(mode));
+    // A parameter's reverse rule off by 1.3 in the second of three blocks.
+    std::vector<ScaledBlock> scaled_blocks(3);
+    for (std::size_t i = 0; i < 3; ++i) scaled_blocks[i].alpha.array()[0] = 0.9 - 0.6 * static_cast<double>(i);
+    const GradientCheckResult good = check_network(scaled_blocks, mode, x);
+    INFO(good.worst);
+    CHECK(good.passed);
+    scaled_blocks[1].alpha_factor = 1.3;
+    const GradientCheckResult bad = check_network(scaled_blocks, mode, x);
+    CHECK_FALSE(bad.passed);
+    CHECK(bad.worst.find("parameter 1 'alpha'") != std::string::npos);
+
+    // An input's reverse rule off by 1.5 at one element, in the last block.
+    std::vector<CubeBlock> cubes(3);
+    CHECK(check_network(cubes, mode, x).passed);
+    cubes[2].fault.factor = 1.5;
+    cubes[2].fault.element = 4;
+    const GradientCheckResult bad_input = check_network(cubes, mode, x);
+    CHECK_FALSE(bad_input.passed);
+    CHECK(bad_input.worst.find("input 0 [2, 3]") != std::string::npos);
+  }
+}

@@ -275,3 +275,76 @@ TEST_CASE("optimisers reject invalid options with a clear message", "[optim][err
   REQUIRE_THROWS_EXACT(momnet::Adam<double>({&p, nullptr}, AdamOptions{}), std::invalid_argument,
                        "momnet::Adam", "null parameter");
 }
+
+TEST_CASE("optimisers refuse a parameter listed twice, naming both positions", "[optim][errors][hardening]") {
+  // Listed twice, a parameter would be stepped twice per step. PyTorch raises
+  // for a parameter in two groups (and warns that duplicates within a group
+  // will become an error); momnet has one group and raises.
+  Parameter<double> p = tiny_parameter<double>();
+  Parameter<double> q(Shape{3}, "q");
+  Parameter<double> unnamed(Shape{1});
+  REQUIRE_THROWS_EXACT(momnet::SGD<double>({&p, &q, &p}, SGDOptions{}), std::invalid_argument, "momnet::SGD",
+                       "parameter 'p' appears twice, at positions 0 and 2");
+  REQUIRE_THROWS_EXACT(momnet::Adam<double>({&q, &q}, AdamOptions{}), std::invalid_argument, "momnet::Adam",
+                       "parameter 'q' appears twice, at positions 0 and 1");
+  REQUIRE_THROWS_EXACT(momnet::AdamW<double>({&p, &unnamed, &q, &unnamed}), std::invalid_argument, "momnet::AdamW",
+                       "a parameter appears twice, at positions 1 and 3");
+  SGDOptions with_momentum;
+  with_momentum.momentum = 0.9;
+  REQUIRE_THROWS_EXACT(momnet::SGD<double>({&q, &p, &p}, with_momentum), std::invalid_argument,
+                       "positions 1 and 2");
+  REQUIRE_THROWS_EXACT(momnet::SGD<double>({&p, nullptr}, SGDOptions{}), std::invalid_argument,
+                       "null parameter at position 1");
+  // Distinct parameters are fine, and each is stepped once.
+  momnet::SGD<double> sgd({&p, &q}, SGDOptions{0.1});
+  sgd.step();
+  CHECK(p.array()[0] == Approx(0.95));
+}
+
+TEMPLATE_TEST_CASE("every optimiser step marks the parameters it changes", "[optim][hardening]", float, double) {
+  using T = TestType;
+  Parameter<T> p = tiny_parameter<T>();
+  Parameter<T> q = tiny_parameter<T>();
+  const auto check_marks = [&](auto& optimiser) {
+    const std::uint64_t p0 = p.version(), q0 = q.version();
+    optimiser.step();
+    CHECK(p.version() == p0 + 1);
+    CHECK(q.version() == q0 + 1);
+    optimiser.step();
+    CHECK(p.version() == p0 + 2);
+    optimiser.zero_grad();  // gradients are not the value: no mark
+    CHECK(p.version() == p0 + 2);
+  };
+  SECTION("SGD") {
+    momnet::SGD<T> sgd({&p, &q}, SGDOptions{0.1});
+    check_marks(sgd);
+  }
+  SECTION("SGD with momentum and Nesterov") {
+    SGDOptions options;
+    options.momentum = 0.9;
+    options.nesterov = true;
+    momnet::SGD<T> sgd({&p, &q}, options);
+    check_marks(sgd);
+  }
+  SECTION("Adam") {
+    momnet::Adam<T> adam({&p, &q}, AdamOptions{});
+    check_marks(adam);
+  }
+  SECTION("AdamW") {
+    momnet::AdamW<T> adamw({&p, &q});
+    check_marks(adamw);
+  }
+}
+
+TEST_CASE("a backward pass through parameters an optimiser stepped after the forward is refused",
+          "[optim][hardening]") {
+  Parameter<double> w = tiny_parameter<double>();
+  momnet::SGD<double> sgd({&w}, SGDOptions{0.1});
+  momnet::Tape<double> tape;
+  const momnet::Var<double> loss = momnet::sum(momnet::square(tape.param(w)));
+  sgd.step();  // between the forward and its backward: the tape's activations are stale
+  CHECK_THROWS_AS(tape.backward(loss), std::logic_error);
+  CHECK_THROWS_WITH(tape.backward(loss), Catch::Contains("modified after the forward pass recorded it"));
+  momnet::Tape<double> fresh;  // recorded after the step: fine
+  REQUIRE_NOTHROW(fresh.backward(momnet::sum(momnet::square(fresh.param(w)))));
+}

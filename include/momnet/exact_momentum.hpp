@@ -1,4 +1,4 @@
-// The exactly invertible momentum update on fixed-point state (DESIGN.md §2):
+// The exactly invertible momentum update on fixed-point state (docs/design.md §2):
 //
 //   forward  V <- gamma V + round((1 - gamma) f 2^F);  X <- X + V
 //   inverse  X <- X - V;  V <- (V - round((1 - gamma) f 2^F)) / gamma
@@ -100,7 +100,7 @@ class ExactMomentum {
 
   ExactMomentum(Eigen::Index elements, const FixedPointFormat& format, const RationalGamma& gamma,
                 MemoryCounter& counter)
-      : elements_(elements),
+      : elements_(checked_elements(elements)),
         format_(format),
         gamma_(gamma),
         divider_(gamma.numerator() == 0 ? 1 : gamma.numerator()),
@@ -114,9 +114,9 @@ class ExactMomentum {
   // state's spills, which must outlive the copy.
   ExactMomentum rewinding_copy() const {
     ExactMomentum copy(elements_, format_, gamma_, *counter_);
-    std::memcpy(copy.x_.data(), x_.data(), bytes());
-    std::memcpy(copy.v_.data(), v_.data(), bytes());
-    std::memcpy(copy.store_.data(), store_.data(), bytes());
+    copy_words(copy.x_.data(), x_.data());
+    copy_words(copy.v_.data(), v_.data());
+    copy_words(copy.store_.data(), store_.data());
     copy.spill_source_ = &spills_;
     copy.spill_cursor_ = spills_.size();
     return copy;
@@ -139,9 +139,9 @@ class ExactMomentum {
     if (v != nullptr) {
       to_fixed(v, v_.data(), "the initial velocity");
     } else {
-      std::memset(v_.data(), 0, bytes());
+      zero_words(v_.data());
     }
-    std::memset(store_.data(), 0, bytes());
+    zero_words(store_.data());
     spills_.clear();
     spill_source_ = nullptr;
     spill_cursor_ = 0;
@@ -169,7 +169,7 @@ class ExactMomentum {
     std::uint64_t bad = 0, spill_next = 0;
     const auto add_increment = [&](Eigen::Index i, std::uint64_t scaled) {
       const double y = static_cast<double>(f[i]) * c;
-      const bool representable = std::abs(y) < limit_as_double;
+      const bool representable = below_fixed_point_limit(y);  // false for NaN and Inf, even under -ffast-math
       const std::uint64_t v = scaled + static_cast<std::uint64_t>(round_to_int(representable ? y : 0.0));
       const std::uint64_t x = static_cast<std::uint64_t>(X[i]) + v;
       bad |= std::uint64_t{!representable} | std::uint64_t{!fixed_in_range(v)} | std::uint64_t{!fixed_in_range(x)};
@@ -230,7 +230,7 @@ class ExactMomentum {
     std::uint64_t bad = 0;
     for (Eigen::Index i = 0; i < n; ++i) {
       const double y = static_cast<double>(f[i]) * c;
-      const bool representable = std::abs(y) < limit_as_double;
+      const bool representable = below_fixed_point_limit(y);  // false for NaN and Inf, even under -ffast-math
       bad |= std::uint64_t{!representable};
       // gamma V_n as the forward left it
       const std::uint64_t scaled =
@@ -251,12 +251,12 @@ class ExactMomentum {
       V[i] = static_cast<std::int64_t>(v);
       S[i] = (s >> k) * p + digit;  // push d, radix p
     }
-    if (bad != 0) throw_mismatch("layer " + std::to_string(layer) + " (its state left the exact range)");
+    if (bad != 0) report_rebuild_failure(f, layer);
     const SpillStack& source = spill_source_ != nullptr ? *spill_source_ : spills_;
     if (spill_cursor_ > 0 && source[spill_cursor_ - 1].layer == layer) {
       if (!all_zero(S)) throw_mismatch("the bit store before the spill of layer " + std::to_string(layer));
       --spill_cursor_;
-      std::memcpy(S, source[spill_cursor_].words.data(), bytes());
+      copy_words(S, source[spill_cursor_].words.data());
     }
   }
 
@@ -265,8 +265,8 @@ class ExactMomentum {
   void verify_rebuilt(const T* x, const T* v) const {
     ExactMomentum expected(elements_, format_, gamma_, *counter_);
     expected.load(x, v);
-    if (std::memcmp(expected.x_.data(), x_.data(), bytes()) != 0) throw_mismatch("x_0");
-    if (std::memcmp(expected.v_.data(), v_.data(), bytes()) != 0) throw_mismatch("v_0");
+    if (!equal_words(expected.x_.data(), x_.data())) throw_mismatch("x_0");
+    if (!equal_words(expected.v_.data(), v_.data())) throw_mismatch("v_0");
     verify_store_empty();
   }
 
@@ -285,13 +285,33 @@ class ExactMomentum {
   double increment_scale() const noexcept { return gamma_.complement() * format_.scale(); }
 
  private:
-  static constexpr double limit_as_double = 4611686018427387904.0;  // 2^62
-
   static std::int64_t round_to_int(double y) noexcept {
     return static_cast<std::int64_t>(std::nearbyint(y));
   }
 
+  static Eigen::Index checked_elements(Eigen::Index elements) {
+    if (elements < 0) {
+      throw std::invalid_argument("momnet::ExactMomentum: negative element count " + std::to_string(elements));
+    }
+    return elements;
+  }
+
   std::size_t bytes() const noexcept { return static_cast<std::size_t>(elements_) * 8; }
+
+  // memcpy, memset and memcmp of the state's words. A state of 0 elements has
+  // null buffers, which the C functions may not receive even for 0 bytes.
+  template <class W>
+  void copy_words(W* to, const W* from) const noexcept {
+    if (elements_ != 0) std::memcpy(to, from, bytes());
+  }
+  template <class W>
+  void zero_words(W* to) const noexcept {
+    if (elements_ != 0) std::memset(to, 0, bytes());
+  }
+  template <class W>
+  bool equal_words(const W* a, const W* b) const noexcept {
+    return elements_ == 0 || std::memcmp(a, b, bytes()) == 0;
+  }
 
   // A hot word at or above this could overflow the next layer's push: p 2^(64-k).
   std::uint64_t spill_threshold() const noexcept {
@@ -308,9 +328,9 @@ class ExactMomentum {
 
   void spill(std::size_t layer) {
     Spill entry{layer, Buffer<std::uint64_t>(static_cast<std::size_t>(elements_), counter_)};
-    std::memcpy(entry.words.data(), store_.data(), bytes());
+    copy_words(entry.words.data(), store_.data());
     spills_.push_back(std::move(entry));  // before clearing: a throw leaves the store intact
-    std::memset(store_.data(), 0, bytes());
+    zero_words(store_.data());
     spill_cursor_ = spills_.size();
   }
 
@@ -319,10 +339,10 @@ class ExactMomentum {
     const double scale = format_.scale();
     for (Eigen::Index i = 0; i < n; ++i) {
       const double y = static_cast<double>(real[i]) * scale;
-      if (!(std::abs(y) < limit_as_double)) {
+      if (!below_fixed_point_limit(y)) {  // NaN and Inf too, even under -ffast-math
         std::ostringstream message;
-        message << "momnet::MomentumResidual: " << what << " holds " << real[i] << " at element " << i;
-        if (!std::isfinite(real[i])) throw std::domain_error(message.str());
+        message << "momnet::MomentumResidual: " << what << " holds " << name_of(real[i]) << " at element " << i;
+        if (!is_finite_bits(real[i])) throw std::domain_error(message.str());
         message << ", outside the exact range +-" << format_.range() << " (fraction_bits "
                 << format_.fraction_bits() << ")";
         throw std::range_error(message.str());
@@ -343,11 +363,11 @@ class ExactMomentum {
     message << "momnet::MomentumResidual: layer " << layer << ": ";
     const double c = increment_scale();
     for (Eigen::Index i = 0; i < n; ++i) {
-      if (!std::isfinite(f[i])) {
-        message << "the block returned " << f[i] << " at element " << i;
+      if (!is_finite_bits(f[i])) {
+        message << "the block returned " << name_of(f[i]) << " at element " << i;
         throw std::domain_error(message.str());
       }
-      if (!(std::abs(static_cast<double>(f[i]) * c) < limit_as_double)) {
+      if (!below_fixed_point_limit(static_cast<double>(f[i]) * c)) {
         message << "the block returned " << f[i] << " at element " << i
                 << ", outside the exact range +-" << format_.range() / gamma_.complement()
                 << " (fraction_bits " << format_.fraction_bits() << ")";
@@ -367,6 +387,34 @@ class ExactMomentum {
       }
     }
     throw std::logic_error(message.str() + "unexplained failure");
+  }
+
+  // A value as the stream prints it, with NaN and Inf recognised by their bits
+  // (the stream's own test may be compiled away under -ffast-math).
+  static std::string name_of(T value) {
+    if (is_nan_bits(value)) return "nan";
+    if (!is_finite_bits(value)) return std::signbit(value) ? "-inf" : "inf";
+    std::ostringstream text;
+    text << value;
+    return text.str();
+  }
+
+  // The rebuild of `layer` failed: a block that returned NaN or Inf only now
+  // (the forward pass would have refused it) is named as such; anything else
+  // means an earlier layer was not rebuilt exactly.
+  [[noreturn]] void report_rebuild_failure(const T* f, std::size_t layer) const {
+    const Eigen::Index n = elements_;  // a local: stores through pointers cannot change it
+    for (Eigen::Index i = 0; i < n; ++i) {
+      if (!is_finite_bits(f[i])) {
+        throw ReconstructionError("momnet::MomentumResidual: layer " + std::to_string(layer) +
+                                  ": the block returned " + name_of(f[i]) + " at element " + std::to_string(i) +
+                                  " while the backward pass rebuilt it (the forward pass had a finite value "
+                                  "there): the block is not deterministic, or its parameters or inputs changed "
+                                  "between forward and backward. Gradients accumulated by this backward pass "
+                                  "are invalid");
+      }
+    }
+    throw_mismatch("layer " + std::to_string(layer) + " (its state left the exact range)");
   }
 
   [[noreturn]] void throw_mismatch(const std::string& what) const {

@@ -1,4 +1,4 @@
-// The exact arithmetic behind the memory-free backward pass (DESIGN.md §2):
+// The exact arithmetic behind the memory-free backward pass (docs/design.md §2):
 // signed 64-bit fixed point for activations and velocities, gamma as a
 // rational p / 2^k, and division by the constant p without a hardware divide.
 //
@@ -16,6 +16,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <limits>
 #include <stdexcept>
 #include <string>
@@ -31,6 +34,45 @@ template <class T>
 constexpr int default_fraction_bits() {
   static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>);
   return std::is_same_v<T, float> ? 32 : 44;
+}
+
+// Finiteness read from the bit pattern (an all-ones exponent is Inf or NaN).
+// std::isfinite and comparisons with NaN do not survive -ffast-math or
+// -ffinite-math-only, under which the compiler may assume no value is NaN or
+// Inf and fold the checks away; integer tests on the bits always run.
+inline std::uint64_t float_bits(double value) noexcept {
+  std::uint64_t bits;
+  std::memcpy(&bits, &value, sizeof bits);
+  return bits;
+}
+inline std::uint32_t float_bits(float value) noexcept {
+  std::uint32_t bits;
+  std::memcpy(&bits, &value, sizeof bits);
+  return bits;
+}
+inline bool is_finite_bits(double value) noexcept {
+  return (float_bits(value) & 0x7ff0000000000000u) != 0x7ff0000000000000u;
+}
+inline bool is_finite_bits(float value) noexcept {
+  return (float_bits(value) & 0x7f800000u) != 0x7f800000u;
+}
+inline bool is_nan_bits(double value) noexcept { return (float_bits(value) & 0x7fffffffffffffffu) > 0x7ff0000000000000u; }
+inline bool is_nan_bits(float value) noexcept { return (float_bits(value) & 0x7fffffffu) > 0x7f800000u; }
+
+// |y| < 2^62, from the exponent bits: false for NaN and Inf too, whatever the
+// floating-point flags (|y| < 2^62 exactly when the biased exponent is below
+// 1023 + 62).
+inline bool below_fixed_point_limit(double y) noexcept { return ((float_bits(y) >> 52) & 0x7ffu) < 1023u + 62u; }
+
+// The shortest decimal that reads back as `value`: 1 - 1e-9 prints as
+// 0.999999999, not 1.000000, and 0.9 as 0.9.
+inline std::string precise_string(double value) {
+  char text[32];
+  for (int digits = 6; digits <= 17; ++digits) {
+    std::snprintf(text, sizeof text, "%.*g", digits, value);
+    if (std::strtod(text, nullptr) == value) break;
+  }
+  return text;
 }
 
 // |X| must stay below this so that X + Y never overflows.
@@ -71,9 +113,8 @@ class RationalGamma {
       throw std::invalid_argument("momnet::RationalGamma: gamma_bits must lie in [1, 26], got " +
                                   std::to_string(bits));
     }
-    if (!(gamma >= 0.0 && gamma <= 1.0)) {
-      throw std::invalid_argument("momnet::RationalGamma: gamma must lie in [0, 1], got " +
-                                  std::to_string(gamma));
+    if (is_nan_bits(gamma) || !(gamma >= 0.0 && gamma <= 1.0)) {
+      throw std::invalid_argument("momnet::RationalGamma: gamma must lie in [0, 1], got " + precise_string(gamma));
     }
     numerator_ = static_cast<std::uint64_t>(std::nearbyint(std::ldexp(gamma, bits)));
   }

@@ -5,11 +5,15 @@
 #pragma once
 
 #include <algorithm>
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <new>
+#include <stdexcept>
+#include <string>
 #include <utility>
 
 namespace momnet {
@@ -20,44 +24,92 @@ namespace momnet {
 // exact memory-free backward relies on.
 inline constexpr std::size_t buffer_alignment = 64;
 
+// The largest request momnet passes to operator new: PTRDIFF_MAX rounded down
+// to the alignment, so that a size, its rounding up and a pointer difference
+// never wrap.
+inline constexpr std::size_t max_allocation_bytes =
+    static_cast<std::size_t>(std::numeric_limits<std::ptrdiff_t>::max()) / buffer_alignment * buffer_alignment;
+
+// `bytes` rounded up to the alignment; only for bytes <= max_allocation_bytes
+// (allocate() checks that first: above it the sum would wrap).
 inline constexpr std::size_t round_up_to_alignment(std::size_t bytes) noexcept {
   return (bytes + buffer_alignment - 1) / buffer_alignment * buffer_alignment;
 }
 
+namespace detail {
+[[noreturn]] inline void throw_too_large(const char* who, std::size_t count, std::size_t element_bytes) {
+  const std::string what = element_bytes == 1 ? std::to_string(count) + " bytes"
+                                              : std::to_string(count) + " elements of " +
+                                                    std::to_string(element_bytes) + " bytes";
+  throw std::length_error(std::string(who) + ": " + what + " exceed the largest allocation (" +
+                          std::to_string(max_allocation_bytes) + " bytes)");
+}
+}  // namespace detail
+
+// Throws std::length_error unless `bytes` can be allocated at all.
+inline void check_allocation_size(std::size_t bytes, const char* who) {
+  if (bytes > max_allocation_bytes) detail::throw_too_large(who, bytes, 1);
+}
+
+// count * element_bytes, or std::length_error when the product would exceed
+// max_allocation_bytes (instead of wrapping to a small number).
+inline std::size_t array_bytes(std::size_t count, std::size_t element_bytes, const char* who) {
+  if (element_bytes != 0 && count > max_allocation_bytes / element_bytes) {
+    detail::throw_too_large(who, count, element_bytes);
+  }
+  return count * element_bytes;
+}
+
 // Bytes currently held and the high-water mark since the last reset_peak().
+// Safe to share between threads (tapes on several threads counting into one
+// counter): the counts are atomic, updated with relaxed ordering (they order
+// nothing else), the peak by a compare-and-swap loop. Allocation goes through
+// the arena in large chunks, so the atomics cost nothing measurable.
 class MemoryCounter {
  public:
   MemoryCounter() = default;
   MemoryCounter(const MemoryCounter&) = delete;
   MemoryCounter& operator=(const MemoryCounter&) = delete;
 
-  std::size_t current_bytes() const noexcept { return current_; }
-  std::size_t peak_bytes() const noexcept { return peak_; }
-  std::size_t allocation_count() const noexcept { return allocations_; }
+  std::size_t current_bytes() const noexcept { return current_.load(std::memory_order_relaxed); }
+  std::size_t peak_bytes() const noexcept { return peak_.load(std::memory_order_relaxed); }
+  std::size_t allocation_count() const noexcept { return allocations_.load(std::memory_order_relaxed); }
 
   // Starts a new measurement window: the peak becomes what is held now.
-  void reset_peak() noexcept { peak_ = current_; }
+  void reset_peak() noexcept { peak_.store(current_bytes(), std::memory_order_relaxed); }
 
   void* allocate(std::size_t bytes) {
+    check_allocation_size(bytes, "momnet::MemoryCounter::allocate");
     const std::size_t rounded = round_up_to_alignment(std::max<std::size_t>(bytes, 1));
     void* pointer = ::operator new(rounded, std::align_val_t{buffer_alignment});
-    current_ += rounded;
-    peak_ = std::max(peak_, current_);
-    ++allocations_;
+    add(rounded);
+    allocations_.fetch_add(1, std::memory_order_relaxed);
     return pointer;
   }
 
   void deallocate(void* pointer, std::size_t bytes) noexcept {
     if (pointer == nullptr) return;
-    const std::size_t rounded = round_up_to_alignment(std::max<std::size_t>(bytes, 1));
     ::operator delete(pointer, std::align_val_t{buffer_alignment});
-    current_ -= rounded;
+    subtract(round_up_to_alignment(std::max<std::size_t>(bytes, 1)));
   }
 
+  // Counts `bytes` (a multiple of the alignment) taken over from, or handed
+  // back to, memory that stays allocated elsewhere (a ChunkCache).
+  void adopt(std::size_t bytes) noexcept { add(bytes); }
+  void disown(std::size_t bytes) noexcept { subtract(bytes); }
+
  private:
-  std::size_t current_ = 0;
-  std::size_t peak_ = 0;
-  std::size_t allocations_ = 0;
+  void add(std::size_t bytes) noexcept {
+    const std::size_t now = current_.fetch_add(bytes, std::memory_order_relaxed) + bytes;
+    std::size_t peak = peak_.load(std::memory_order_relaxed);
+    while (peak < now && !peak_.compare_exchange_weak(peak, now, std::memory_order_relaxed)) {
+    }
+  }
+  void subtract(std::size_t bytes) noexcept { current_.fetch_sub(bytes, std::memory_order_relaxed); }
+
+  std::atomic<std::size_t> current_{0};
+  std::atomic<std::size_t> peak_{0};
+  std::atomic<std::size_t> allocations_{0};
 };
 
 // A standard allocator over a MemoryCounter, for the library's containers.
@@ -70,10 +122,15 @@ class CountingAllocator {
   template <class U>
   CountingAllocator(const CountingAllocator<U>& other) noexcept : counter_(other.counter()) {}
 
-  T* allocate(std::size_t count) { return static_cast<T*>(counter_->allocate(count * sizeof(T))); }
+  T* allocate(std::size_t count) {
+    if (count > max_size()) throw std::bad_array_new_length();
+    return static_cast<T*>(counter_->allocate(count * sizeof(T)));
+  }
   void deallocate(T* pointer, std::size_t count) noexcept {
     counter_->deallocate(pointer, count * sizeof(T));
   }
+  // The most elements one allocation may hold (std::vector checks it first).
+  std::size_t max_size() const noexcept { return max_allocation_bytes / sizeof(T); }
   MemoryCounter* counter() const noexcept { return counter_; }
 
   template <class U>
@@ -127,9 +184,9 @@ class Buffer {
  private:
   static T* acquire(std::size_t size, MemoryCounter* counter) {
     if (size == 0) return nullptr;
-    if (counter != nullptr) return static_cast<T*>(counter->allocate(size * sizeof(T)));
-    return static_cast<T*>(::operator new(round_up_to_alignment(size * sizeof(T)),
-                                          std::align_val_t{buffer_alignment}));
+    const std::size_t bytes = array_bytes(size, sizeof(T), "momnet::Buffer");
+    if (counter != nullptr) return static_cast<T*>(counter->allocate(bytes));
+    return static_cast<T*>(::operator new(round_up_to_alignment(bytes), std::align_val_t{buffer_alignment}));
   }
   static void release(T* data, std::size_t size, MemoryCounter* counter) noexcept {
     if (data == nullptr) return;

@@ -287,18 +287,8 @@ class MomentumResidual {
   };
   using Self = std::shared_ptr<MomentumResidual*>;
 
-  // The shortest decimal that reads back as `value` (1 - 1e-9 prints as
-  // 0.999999999, not 1.000000).
-  static std::string precise(double value) {
-    std::string text;
-    for (int digits = 6; digits <= 17; ++digits) {
-      std::ostringstream out;
-      out << std::setprecision(digits) << value;
-      text = out.str();
-      if (std::strtod(text.c_str(), nullptr) == value) break;
-    }
-    return text;
-  }
+  static std::string precise(double value) { return precise_string(value); }
+
 
   static MomentumOptions validated(MomentumOptions options) {
     const std::string name = "momnet::MomentumResidual: ";
@@ -624,7 +614,7 @@ class MomentumResidual {
     for (Eigen::Index i = 0; i < n; ++i) {
       const double reference = real != nullptr ? static_cast<double>(real[i]) : 0.0;
       const double d = std::abs(static_cast<double>(rebuilt[i]) - reference);
-      finite = finite && std::isfinite(d);
+      finite = finite && is_finite_bits(d);  // survives -ffast-math
       difference = std::max(difference, finite ? d : 0.0);
       scale = std::max(scale, std::abs(reference));
     }

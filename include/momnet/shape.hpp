@@ -72,9 +72,12 @@ class Shape {
   AxisSplit split(int axis, const char* operation = "momnet::Shape::split") const {
     const int a = axis_index(axis, operation);
     AxisSplit s;
-    for (int i = 0; i < a; ++i) s.outer *= dims_[static_cast<std::size_t>(i)];
-    s.axis = dims_[static_cast<std::size_t>(a)];
-    for (int i = a + 1; i < rank_; ++i) s.inner *= dims_[static_cast<std::size_t>(i)];
+    for (int i = 0; i < rank_; ++i) {
+      const Eigen::Index d = dims_[static_cast<std::size_t>(i)];
+      if (i < a) s.outer *= d;
+      if (i == a) s.axis = d;
+      if (i > a) s.inner *= d;
+    }
     return s;
   }
 

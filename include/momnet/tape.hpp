@@ -40,6 +40,7 @@
 #include <vector>
 
 #include "momnet/arena.hpp"
+#include "momnet/fixed_point.hpp"
 #include "momnet/gradient_pool.hpp"
 #include "momnet/memory.hpp"
 #include "momnet/parameter.hpp"
@@ -173,6 +174,15 @@ class Tape {
   // A tape that counts its memory into `counter` (which must outlive it).
   explicit Tape(MemoryCounter& counter, std::size_t max_chunk_bytes = Arena::default_max_chunk_bytes)
       : counter_(&counter), id_(next_tape_id()), arena_(counter, max_chunk_bytes), gradients_(counter),
+        nodes_(CountingAllocator<Node>(counter)) {}
+  // A tape whose arena draws its chunks from `cache` and gives them back when
+  // the tape ends (the cache must outlive the tape): a new tape per training
+  // step then costs what one reused tape does.
+  explicit Tape(ChunkCache& cache, std::size_t max_chunk_bytes = Arena::default_max_chunk_bytes)
+      : owned_counter_(std::make_unique<MemoryCounter>()), counter_(owned_counter_.get()), id_(next_tape_id()),
+        arena_(*counter_, max_chunk_bytes, &cache), gradients_(*counter_), nodes_(CountingAllocator<Node>(*counter_)) {}
+  Tape(MemoryCounter& counter, ChunkCache& cache, std::size_t max_chunk_bytes = Arena::default_max_chunk_bytes)
+      : counter_(&counter), id_(next_tape_id()), arena_(counter, max_chunk_bytes, &cache), gradients_(counter),
         nodes_(CountingAllocator<Node>(counter)) {}
   Tape(const Tape&) = delete;
   Tape& operator=(const Tape&) = delete;
@@ -407,11 +417,11 @@ class Tape {
                                   node.shape.to_string() +
                                   ", not a scalar; pass a seed gradient of that shape");
     }
-    const T one = T(1);  // read unaligned: no tape memory per call
-    backward(loss, &one);
+    backward(loss, nullptr);  // a null seed is the scalar 1: no tape memory per call
   }
 
-  // Gradients given the seed d(objective)/d(output), an array of output.size().
+  // Gradients given the seed d(objective)/d(output), an array of output.size()
+  // (or null for a seed of ones).
   void backward(const Var<T>& output, const T* seed) {
     check(output, "momnet::Tape::backward");
     const Node& node = checked(output);
@@ -420,10 +430,14 @@ class Tape {
           "momnet::Tape::backward: the output does not depend on any Var that requires a "
           "gradient (or was recorded under NoGradScope)");
     }
-    const ConstArrayView<T> value(node.value, node.shape.size());
-    if (!value.isFinite().all()) {
-      throw std::domain_error(std::string("momnet::Tape::backward: the output is ") +
-                              (value.isNaN().any() ? "NaN" : "infinite") +
+    // Read from the bit patterns, so that -ffast-math cannot fold the check away.
+    bool finite = true, nan = false;
+    for (Eigen::Index i = 0; i < node.shape.size(); ++i) {
+      finite = finite && is_finite_bits(node.value[i]);
+      nan = nan || is_nan_bits(node.value[i]);
+    }
+    if (!finite) {
+      throw std::domain_error(std::string("momnet::Tape::backward: the output is ") + (nan ? "NaN" : "infinite") +
                               "; the forward pass overflowed or divided by zero");
     }
     // Gradients of an earlier pass become stale, on every node (also those
@@ -654,8 +668,9 @@ class Tape {
     T* grad = gradient_for(output);
     const Eigen::Index n = checked(output).shape.size();
     // The seed is the caller's memory: no alignment is assumed.
-    // A plain loop: GCC 12 flags Eigen's vector loads of a one-element seed.
-    for (Eigen::Index i = 0; i < n; ++i) grad[i] += seed[i];
+    // The seed is the caller's memory, read element by element: no alignment
+    // is assumed.
+    for (Eigen::Index i = 0; i < n; ++i) grad[i] += seed != nullptr ? seed[i] : T(1);
     // An output of a multi-output operation: its step sits on the last output.
     const std::size_t start = output.index_ + checked(output).to_last;
     for (std::size_t i = start + 1; i-- > floor;) {

@@ -78,6 +78,7 @@ class Adam {
         v = b2 * v + one_minus_b2 * g.square();
       }
       value -= lr * (m / correction1) / ((v / correction2).sqrt() + eps);
+      p.mark_modified();
     }
   }
 

@@ -3,10 +3,19 @@
 //   b = momentum * b + (1 - dampening) * g      (b = g on the first step)
 //   g = nesterov ? g + momentum * b : b          (when momentum != 0)
 //   p = p - lr * g
+//
+// Optimisers refuse a parameter listed twice (it would be stepped twice per
+// step): std::invalid_argument naming both positions. PyTorch raises for a
+// parameter in two groups and warns, "in future, this will cause an error",
+// within one group; momnet has one group and raises. parameters_of() lists
+// each parameter once. Every step calls mark_modified() on each parameter it
+// changes, so a tape recorded before the step refuses a backward through it.
 #pragma once
 
+#include <cstddef>
 #include <stdexcept>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "momnet/memory.hpp"
@@ -25,8 +34,19 @@ struct SGDOptions {
 namespace detail {
 template <class T>
 void check_parameters(const char* name, const std::vector<Parameter<T>*>& parameters) {
-  for (const Parameter<T>* p : parameters) {
-    if (p == nullptr) throw std::invalid_argument(std::string(name) + ": null parameter");
+  std::unordered_map<const Parameter<T>*, std::size_t> first_position;
+  for (std::size_t i = 0; i < parameters.size(); ++i) {
+    const Parameter<T>* p = parameters[i];
+    if (p == nullptr) {
+      throw std::invalid_argument(std::string(name) + ": null parameter at position " + std::to_string(i));
+    }
+    const auto [seen, inserted] = first_position.emplace(p, i);
+    if (!inserted) {
+      const std::string label = p->name().empty() ? std::string("a parameter") : "parameter '" + p->name() + "'";
+      throw std::invalid_argument(std::string(name) + ": " + label + " appears twice, at positions " +
+                                  std::to_string(seen->second) + " and " + std::to_string(i) +
+                                  "; it would be stepped twice per step (parameters_of() lists each once)");
+    }
   }
 }
 inline void check_non_negative(const char* name, const char* what, double value) {
@@ -79,6 +99,7 @@ class SGD {
         }
       }
       value -= lr * g;
+      p.mark_modified();
     }
     ++steps_;
   }
