@@ -2,7 +2,7 @@
 """Summarises memory_vs_depth's Google Benchmark JSON.
 
 Prints, per stack (tied or untied), the table
-  depth | ResNet MiB | Momentum MiB | ratio | ResNet ms/step | Momentum ms/step | slowdown
+  depth | ResNet MiB | ResNet MB/layer | Momentum MiB | ratio | ResNet ms/step | Momentum ms/step | slowdown
 comparing Residual with MomentumResidual in exact memory-free mode, then
 every mode's efficiency against the GEMM rate measured in the same run.
 Medians are used when the run has repetitions.
@@ -72,16 +72,24 @@ def main():
             if not depths:
                 continue
             print("\n%s, %s blocks (peak MiB of the library's allocator over one training step)" % (shape, tied))
-            header = ("depth", "ResNet MiB", "Momentum MiB", "ratio", "ResNet ms/step", "Momentum ms/step", "slowdown")
+            header = ("depth", "ResNet MiB", "ResNet MB/layer", "Momentum MiB", "ratio", "ResNet ms/step",
+                      "Momentum ms/step", "slowdown")
             print("| " + " | ".join(header) + " |")
             print("|" + "|".join("---:" for _ in header) + "|")
+            previous = None
             for depth in depths:
                 r = steps.get((shape, tied, "residual", depth))
                 m = steps.get((shape, tied, "exact", depth))
                 if r is None or m is None:
                     continue
-                print("| %d | %.1f | %.1f | %.1fx | %.1f | %.1f | %.2fx |" % (
-                    depth, r["peak_bytes"] / MIB, m["peak_bytes"] / MIB, r["peak_bytes"] / m["peak_bytes"],
+                # What each further layer stores: the slope of the ResNet's
+                # peak between this depth and the previous one (MB = 1e6
+                # bytes, PyTorch's unit).
+                per_layer = "" if previous is None else "%.2f" % (
+                    (r["peak_bytes"] - previous[1]) / (depth - previous[0]) / 1e6)
+                previous = (depth, r["peak_bytes"])
+                print("| %d | %.1f | %s | %.1f | %.1fx | %.1f | %.1f | %.2fx |" % (
+                    depth, r["peak_bytes"] / MIB, per_layer, m["peak_bytes"] / MIB, r["peak_bytes"] / m["peak_bytes"],
                     to_ms(r), to_ms(m), to_ms(m) / to_ms(r)))
             print("\nall modes: ms/step, peak MiB (bit store MiB), GFLOP/s and share of the GEMM rate (%.1f GFLOP/s)"
                   % gemm.get(shape, float("nan")))

@@ -4,11 +4,10 @@
 // 256 and tanh), batch 256, float, SGD. glibc's default malloc thresholds are
 // left alone on purpose: this is what a user's program sees.
 //
-//   g++ -std=c++17 -O2 -march=native -DNDEBUG -Iinclude -I/usr/include/eigen3 \
-//       scripts/fresh_tape_cost.cpp -o /tmp/fresh_tape_cost && /tmp/fresh_tape_cost [steps] [batch]
+//   build/release/benchmarks/fresh_tape_cost [steps] [batch] [fresh]
 //
-// Define MOMNET_TAPE_HAS_CHUNK_CACHE when Tape has the Tape(ChunkCache&)
-// constructor, to measure the cached pattern too.
+// (built with the benchmarks; a plain program, since it measures whole
+// processes' allocator state, which Google Benchmark's repetitions would mix).
 #include <momnet/momnet.hpp>
 
 #include <sys/resource.h>
@@ -91,19 +90,15 @@ int main(int argc, char** argv) {
     Tape<float> tape;
     train(tape);
   };
-#ifdef MOMNET_TAPE_HAS_CHUNK_CACHE
   ChunkCache cache;
   const auto run_cached = [&] {
     Tape<float> tape(cache);
     train(tape);
   };
-#endif
 
   // Interleaved rounds: the machine's load drifts, the comparison should not.
   Cost best_reused{1e30, 0}, best_fresh{1e30, 0};
-#ifdef MOMNET_TAPE_HAS_CHUNK_CACHE
   Cost best_cached{1e30, 0};
-#endif
   // "fresh" as a third argument measures fresh tapes first, before any
   // other pattern has shaped the allocator's thresholds.
   const bool fresh_first = argc > 3 && std::string(argv[3]) == "fresh";
@@ -114,19 +109,15 @@ int main(int argc, char** argv) {
     if (f0.ms_per_step < f.ms_per_step) f = f0;
     if (r.ms_per_step < best_reused.ms_per_step) best_reused = r;
     if (f.ms_per_step < best_fresh.ms_per_step) best_fresh = f;
-#ifdef MOMNET_TAPE_HAS_CHUNK_CACHE
     const Cost c = measure(steps, run_cached);
     if (c.ms_per_step < best_cached.ms_per_step) best_cached = c;
-#endif
   }
   std::printf("reused tape: %.3f ms/step, %.1f minor faults/step\n", best_reused.ms_per_step,
               best_reused.faults_per_step);
   std::printf("fresh tape:  %.3f ms/step, %.1f minor faults/step, %.3fx the reused tape\n", best_fresh.ms_per_step,
               best_fresh.faults_per_step, best_fresh.ms_per_step / best_reused.ms_per_step);
-#ifdef MOMNET_TAPE_HAS_CHUNK_CACHE
   std::printf("fresh tape + ChunkCache: %.3f ms/step, %.1f minor faults/step, %.3fx the reused tape\n",
               best_cached.ms_per_step, best_cached.faults_per_step,
               best_cached.ms_per_step / best_reused.ms_per_step);
-#endif
   return 0;
 }
