@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job: builds the memory-versus-depth benchmark (Release, -O3
 # -march=native on that target only), runs a short sweep and prints
-# depth | ResNet MiB | Momentum MiB | ratio | ResNet ms/step | Momentum ms/step | slowdown.
+# depth | ResNet MiB | ResNet MB/layer | Momentum MiB | ratio | ResNet ms/step | Momentum ms/step | slowdown.
 # Extra arguments go to the benchmark (e.g. --depths=16,64,256,1024 --batch=1024).
 set -euo pipefail
 cd "$(dirname "$0")/.."
