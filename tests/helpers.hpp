@@ -1,7 +1,12 @@
 // Shared fixtures for the MomentumResidual tests.
 #pragma once
 
+#include <catch2/catch.hpp>
+
 #include <momnet/momnet.hpp>
+
+#include <algorithm>
+#include <cmath>
 
 #include <cstdint>
 #include <vector>
@@ -45,6 +50,34 @@ inline momnet::MomentumOptions options_for(double gamma, momnet::BackwardMode mo
   options.gamma = gamma;
   options.mode = mode;
   return options;
+}
+
+// Every parameter gradient of `model`, then the input gradient, after one
+// backward pass of mean(x_N^2) from a fresh tape.
+template <class Model, class T>
+std::vector<T> gradients_of(Model& model, const Mat<T>& input) {
+  momnet::zero_grad(model);
+  momnet::Tape<T> tape;
+  const momnet::Var<T> x = tape.variable(input);
+  tape.backward(momnet::mean(momnet::square(model(tape, x))));
+  std::vector<T> all;
+  for (momnet::Parameter<T>* p : momnet::parameters_of(model)) {
+    all.insert(all.end(), p->grad_data(), p->grad_data() + p->size());
+  }
+  all.insert(all.end(), x.grad().data(), x.grad().data() + x.size());
+  return all;
+}
+
+// max |a - b| / max |b|
+template <class T>
+double relative_error(const std::vector<T>& a, const std::vector<T>& b) {
+  REQUIRE(a.size() == b.size());
+  double difference = 0, scale = 0;
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    difference = std::max(difference, std::abs(static_cast<double>(a[i]) - static_cast<double>(b[i])));
+    scale = std::max(scale, std::abs(static_cast<double>(b[i])));
+  }
+  return difference / scale;
 }
 
 // Records the fixed-point state (x_n, v_n) of every layer in both passes.

@@ -127,28 +127,6 @@ struct DropoutMLP {
   template <class Visitor> void visit_state(Visitor& visit) { visit.child("mlp", mlp); }
 };
 
-template <class Model, class T>
-std::vector<T> gradients_of(Model& model, const Mat<T>& input) {
-  zero_grad(model);
-  Tape<T> tape;
-  const Var<T> x = tape.variable(input);
-  tape.backward(mean(square(model(tape, x))));
-  std::vector<T> all;
-  for (Parameter<T>* p : parameters_of(model)) all.insert(all.end(), p->grad_data(), p->grad_data() + p->size());
-  all.insert(all.end(), x.grad().data(), x.grad().data() + x.size());
-  return all;
-}
-
-double relative_error(const std::vector<double>& a, const std::vector<double>& b) {
-  REQUIRE(a.size() == b.size());
-  double difference = 0, scale = 0;
-  for (std::size_t i = 0; i < a.size(); ++i) {
-    difference = std::max(difference, std::abs(a[i] - b[i]));
-    scale = std::max(scale, std::abs(b[i]));
-  }
-  return difference / scale;
-}
-
 std::vector<std::string> names_of(const std::vector<std::pair<std::string, Parameter<double>*>>& named) {
   std::vector<std::string> names;
   for (const auto& entry : named) names.push_back(entry.first);

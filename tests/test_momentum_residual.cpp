@@ -15,36 +15,6 @@ using namespace momnet;
 
 using namespace momnet_test;
 
-namespace {
-
-// Every parameter gradient of `model`, then the input gradient, after one
-// backward pass of mean(x_N^2) from a fresh tape.
-template <class Model, class T>
-std::vector<T> gradients_of(Model& model, const Mat<T>& input) {
-  zero_grad(model);
-  Tape<T> tape;
-  const Var<T> x = tape.variable(input);
-  tape.backward(mean(square(model(tape, x))));
-  std::vector<T> all;
-  for (Parameter<T>* p : parameters_of(model)) all.insert(all.end(), p->grad_data(), p->grad_data() + p->size());
-  all.insert(all.end(), x.grad().data(), x.grad().data() + x.size());
-  return all;
-}
-
-// max |a - b| / max |b|
-template <class T>
-double relative_error(const std::vector<T>& a, const std::vector<T>& b) {
-  REQUIRE(a.size() == b.size());
-  double difference = 0, scale = 0;
-  for (std::size_t i = 0; i < a.size(); ++i) {
-    difference = std::max(difference, std::abs(static_cast<double>(a[i]) - static_cast<double>(b[i])));
-    scale = std::max(scale, std::abs(static_cast<double>(b[i])));
-  }
-  return difference / scale;
-}
-
-}  // namespace
-
 TEMPLATE_TEST_CASE("Exact backward rebuilds every x_n and v_n bit for bit at depth 10,000", "[momentum][exact]",
                    float, double) {
   using T = TestType;
