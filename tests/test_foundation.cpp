@@ -538,3 +538,99 @@ TEST_CASE("A batch of 0 runs through every stack and mode (issue 9, item 9)", "[
   net.inverse(state);
   CHECK(state.x().shape() == Shape{0, 3});
 }
+
+TEST_CASE("A model destroyed or assigned over before backward is refused in stored mode and for plain layers",
+          "[foundation][review]") {
+  const Tensor<double> input(random_input<double>(2, 3, 50));
+  for (int how = 0; how < 2; ++how) {
+    INFO((how == 0 ? "destroyed" : "assigned over"));
+    std::optional<MomentumResidual<MLPBlock<double>>> net(std::in_place, mlp_blocks<double>(3, 3, 4, 51),
+                                                          options_for(0.9, BackwardMode::stored));
+    Tape<double> tape;
+    const Var<double> loss = sum((*net)(tape, tape.variable(input)));
+    if (how == 0) {
+      net.reset();
+    } else {
+      *net = MomentumResidual<MLPBlock<double>>(mlp_blocks<double>(3, 3, 4, 52), options_for(0.9, BackwardMode::stored));
+    }
+    REQUIRE_THROWS_EXACT(tape.backward(loss), std::logic_error, "momnet::Tape::backward", "was destroyed");
+  }
+  Rng rng(53);
+  std::optional<Linear<double>> layer(std::in_place, 3, 3, rng);
+  Tape<double> tape;
+  const Var<double> loss = sum(layer->forward(tape, tape.variable(input)));
+  layer.reset();
+  REQUIRE_THROWS_EXACT(tape.backward(loss), std::logic_error, "was destroyed");
+}
+
+TEST_CASE("An optimiser step between forward and backward is refused in the memory-free modes too",
+          "[foundation][review]") {
+  const Tensor<double> input(random_input<double>(2, 3, 54));
+  for (BackwardMode mode : {BackwardMode::exact, BackwardMode::float_inverse, BackwardMode::stored}) {
+    INFO("mode " << to_string(mode));
+    MomentumResidual<MLPBlock<double>> net(mlp_blocks<double>(3, 3, 4, 55), options_for(0.9, mode));
+    SGD<double> sgd(parameters_of(net), {1e-4});
+    Tape<double> tape;
+    const Var<double> loss = sum(net(tape, tape.variable(input)));
+    sgd.step();  // a tiny change: float_inverse's drift check alone would let it pass
+    REQUIRE_THROWS_EXACT(tape.backward(loss), std::logic_error, "modified after the forward pass",
+                         "version 0, now 1");
+  }
+}
+
+TEST_CASE("clear() inside a TapeScope leaves later values alone; a stale mark is refused", "[foundation][review]") {
+  Tape<double> tape;
+  for (int i = 0; i < 5; ++i) tape.filled(Shape{4}, 1.0);
+  std::vector<Var<double>> kept;
+  {
+    const TapeScope<double> scope(tape);
+    tape.clear();
+    for (int i = 0; i < 6; ++i) kept.push_back(tape.filled(Shape{4}, double(i)));
+  }  // the scope's mark is stale: it releases nothing
+  REQUIRE(tape.size() == 6);
+  tape.filled(Shape{4}, 7.0);
+  for (int i = 0; i < 6; ++i) CHECK(kept[static_cast<std::size_t>(i)].array().isConstant(double(i)));
+  const Tape<double>::Mark mark = tape.mark();
+  tape.clear();
+  for (int i = 0; i < 8; ++i) tape.filled(Shape{4}, 0.0);
+  REQUIRE_THROWS_EXACT(tape.rewind(mark), std::logic_error, "momnet::Tape::rewind", "stale");
+}
+
+TEST_CASE("A Sequential used as a block passes the stack's context to its members", "[foundation][review]") {
+  Rng rng(56);
+  Sequential<double> body;
+  body.add(DropoutMLP<double>{MLPBlock<double>(4, 8, rng)});
+  body.add(DropoutMLP<double>{MLPBlock<double>(4, 8, rng)});
+  const Mat<double> input = random_input<double>(3, 4, 57);
+  MomentumResidual<Sequential<double>> net(body, 200, options_for(0.9, BackwardMode::exact));
+  require_bitwise_rebuild<double>(net, input);
+  MomentumResidual<Sequential<double>> exact(body, 200, options_for(0.9, BackwardMode::exact));
+  MomentumResidual<Sequential<double>> stored(body, 200, options_for(0.9, BackwardMode::stored));
+  CHECK(relative_error(gradients_of(exact, input), gradients_of(stored, input)) <= 1e-12);
+
+  // A stateful member is updated once per layer per step, not again on replay.
+  Sequential<double> counted;
+  counted.add(Counting(rng));
+  MomentumResidual<Sequential<double>> counting(counted, 5, options_for(0.9, BackwardMode::exact));
+  gradients_of(counting, random_input<double>(2, 3, 58));
+  const Counting& member = counting.stack().blocks()[0].get<Counting>(0);
+  CHECK(member.calls.data()[0] == 5);
+  CHECK(member.replays == 5);
+}
+
+TEST_CASE("Sequential refuses names that would repeat, and says why", "[foundation][review]") {
+  Rng rng(59);
+  Sequential<double> flat;
+  flat.add("", Linear<double>(2, 2, rng));
+  REQUIRE_THROWS_EXACT(flat.add("", Linear<double>(2, 2, rng)), std::invalid_argument, "momnet::Sequential::add",
+                       "repeat the name 'bias'");
+  CHECK(flat.size() == 1);
+  Sequential<double> positional;
+  positional.add("1", Linear<double>(2, 2, rng));
+  REQUIRE_THROWS_EXACT(positional.add(Linear<double>(2, 2, rng)), std::invalid_argument, "'1' exists already",
+                       "named by its position");
+  // concat takes a braced list of parts.
+  Tape<double> tape;
+  const Var<double> a = tape.constant(Tensor<double>(Shape{2, 3}));
+  CHECK(concat({a, a, a}, -2).shape() == Shape{6, 3});
+}

@@ -416,6 +416,24 @@ class MomentumResidual {
     return inputs;
   }
 
+  // The parameters' statuses and versions at the forward pass: the rebuild
+  // re-records the blocks, so the tape's own check never sees them.
+  struct Watched {
+    std::shared_ptr<const ParameterStatus> status;
+    std::uint64_t version;
+    Shape shape;
+  };
+  std::vector<Watched> watch_parameters() {
+    std::vector<Watched> watched;
+    for_each_parameter(*this, [&watched](Parameter<T>& p) { watched.push_back({p.status(), p.version(), p.shape()}); });
+    return watched;
+  }
+  static void check_watched(const std::vector<Watched>& watched) {
+    for (const Watched& w : watched) {
+      if (w.status) Tape<T>::check_parameter(*w.status, w.version, "momnet::MomentumResidual", w.shape);
+    }
+  }
+
   // Throws if Eigen's thread count changed since the forward pass: products
   // split differently round differently, and the exact rebuild needs the
   // same bits.
@@ -482,8 +500,9 @@ class MomentumResidual {
     const std::size_t store_bytes = state.store_bytes(), spills = state.spill_count();
     auto [x_value, v_value] = read_out(tape, state);
     auto rule = [self = self_, state = std::move(state), x, velocity, extras, shape, call,
-                 threads = Eigen::nbThreads()](Gradients<T>& g) {
+                 threads = Eigen::nbThreads(), watched = watch_parameters()](Gradients<T>& g) {
       MomentumResidual& net = live(self);
+      check_watched(watched);
       check_threads(threads);
       ExactMomentum<T> rebuilt = state.rewinding_copy();
       net.reverse_sweep(
@@ -565,9 +584,10 @@ class MomentumResidual {
       }
     }
     if (!tape.grad_enabled()) return {tape.leaf(shape, x_value, false), tape.leaf(shape, v_value, false)};
-    auto rule = [self = self_, x, velocity, extras, shape, call, x_value, v_value, gamma,
-                 complement](Gradients<T>& g) {
+    auto rule = [self = self_, x, velocity, extras, shape, call, x_value, v_value, gamma, complement,
+                 watched = watch_parameters()](Gradients<T>& g) {
       MomentumResidual& net = live(self);
+      check_watched(watched);
       Tape<T>& tape = g.tape();
       const Eigen::Index n_elements = shape.size();
       // The rebuilt state, for the final check.

@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <utility>
 
@@ -16,6 +17,15 @@
 #include "momnet/views.hpp"
 
 namespace momnet {
+
+// What a tape keeps of a parameter it recorded: the parameter's version and
+// whether it still exists, shared with the parameter, so that a backward pass
+// can refuse one modified or destroyed since the forward pass instead of
+// reading freed memory.
+struct ParameterStatus {
+  std::uint64_t version = 0;
+  bool alive = true;
+};
 
 template <class T>
 class Parameter {
@@ -31,6 +41,25 @@ class Parameter {
     array().setZero();
     zero_grad();
   }
+  // A copy is a new parameter (new buffers, version 0).
+  Parameter(const Parameter& other)
+      : shape_(other.shape_), name_(other.name_), value_(other.value_), grad_(other.grad_) {}
+  // A move carries the buffers, and with them the status tapes hold.
+  Parameter(Parameter&& other) noexcept
+      : shape_(other.shape_), name_(std::move(other.name_)), value_(std::move(other.value_)),
+        grad_(std::move(other.grad_)), status_(std::move(other.status_)) {}
+  // The buffers this parameter held are released: tapes that recorded it see
+  // it as destroyed.
+  Parameter& operator=(Parameter other) noexcept {
+    retire();
+    std::swap(shape_, other.shape_);
+    std::swap(name_, other.name_);
+    value_.swap(other.value_);
+    grad_.swap(other.grad_);
+    std::swap(status_, other.status_);
+    return *this;
+  }
+  ~Parameter() { retire(); }
 
   const Shape& shape() const noexcept { return shape_; }
   const std::string& name() const noexcept { return name_; }
@@ -55,9 +84,12 @@ class Parameter {
   // loading); a tape refuses a backward pass through a parameter whose version
   // moved since it was recorded. Call mark_modified() after changing value()
   // yourself between a forward and a backward pass if you want the check.
-  std::uint64_t version() const noexcept { return version_; }
-  const std::uint64_t* version_source() const noexcept { return &version_; }
-  void mark_modified() noexcept { ++version_; }
+  std::uint64_t version() const noexcept { return status_ ? status_->version : 0; }
+  void mark_modified() noexcept {
+    if (status_) ++status_->version;
+  }
+  // The shared status a tape keeps (null only in a moved-from parameter).
+  std::shared_ptr<const ParameterStatus> status() const noexcept { return status_; }
   std::size_t bytes() const noexcept { return value_.bytes() + grad_.bytes(); }
 
  private:
@@ -65,7 +97,11 @@ class Parameter {
   std::string name_;
   Buffer<T> value_;
   Buffer<T> grad_;
-  std::uint64_t version_ = 0;
+  std::shared_ptr<ParameterStatus> status_ = std::make_shared<ParameterStatus>();
+
+  void retire() noexcept {
+    if (status_) status_->alive = false;
+  }
 };
 
 }  // namespace momnet

@@ -16,6 +16,7 @@
 // kept (the reference package's keep_first_layer).
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -77,31 +78,31 @@ class Sequential {
   // Appends `module`, named by its position; returns the stored member.
   template <class Module>
   Module& add(Module module) {
-    return add(std::to_string(members_.size()), std::move(module));
+    return add_named(std::to_string(members_.size()), std::move(module), true);
   }
   // Appends `module` under `name` (empty: its names join this module's directly).
   template <class Module>
   Module& add(const std::string& name, Module module) {
-    static_assert(std::is_same_v<typename Module::Scalar, T>, "momnet::Sequential: the member's Scalar differs");
-    for (const Entry& e : members_) {
-      if (!name.empty() && e.name == name) {
-        throw std::invalid_argument("momnet::Sequential::add: a member named '" + name + "' exists already");
-      }
-    }
-    auto held = std::make_unique<Held<Module>>(std::move(module));
-    Module& stored = held->module;
-    members_.push_back(Entry{name, std::move(held)});
-    return stored;
+    return add_named(name, std::move(module), false);
   }
 
+  // A forward pass of its own: the step is this Sequential's count of passes.
   Var<T> forward(Tape<T>& tape, const Var<T>& x) {
     CallContext<T> context;
     context.step = step_++;
     context.training = training_;
+    return forward(tape, x, context);
+  }
+  // As a block inside a stack (or a member of another Sequential): the
+  // caller's context (layer, step, replay, extra inputs) reaches every member,
+  // each with a seed of its own, derived from the context's and its index, so
+  // two dropout members draw different masks and a replay draws the same.
+  Var<T> forward(Tape<T>& tape, const Var<T>& x, const CallContext<T>& context) {
     Var<T> h = x;
     for (std::size_t i = 0; i < members_.size(); ++i) {
-      context.layer = i;
-      h = members_[i].member->forward(tape, h, context);
+      CallContext<T> member = context;
+      member.seed = detail::mix64(context.seed ^ (0x9E3779B97F4A7C15ULL * (i + 1)));
+      h = members_[i].member->forward(tape, h, member);
     }
     return h;
   }
@@ -118,8 +119,9 @@ class Sequential {
     Tensor<T> h = x;
     for (std::size_t i = 0; i < members_.size(); ++i) {
       const TapeScope<T> scope(tape);
-      context.layer = i;
-      const Var<T> out = members_[i].member->forward(tape, tape.constant(h), context);
+      CallContext<T> member = context;
+      member.seed = detail::mix64(context.seed ^ (0x9E3779B97F4A7C15ULL * (i + 1)));
+      const Var<T> out = members_[i].member->forward(tape, tape.constant(h), member);
       Tensor<T> next(out.shape());
       std::copy(out.data(), out.data() + out.size(), next.data());
       h = std::move(next);
@@ -178,10 +180,10 @@ class Sequential {
   struct Held final : Member {
     explicit Held(Module m) : module(std::move(m)) {}
     Var<T> forward(Tape<T>& tape, const Var<T>& x, const CallContext<T>& context) override {
-      if constexpr (detail::is_callable_stack<Module, T>::value) {
-        return module(tape, x);
-      } else {
+      if constexpr (detail::has_context_forward<Module, T>::value || !detail::is_callable_stack<Module, T>::value) {
         return detail::call_block(module, tape, x, context, "momnet::Sequential");
+      } else {
+        return module(tape, x);  // a stack: its own step count and mode
       }
     }
     void visit(StateVisitor<T>& visitor, const std::string& name) override { visitor.child(name, module); }
@@ -204,6 +206,37 @@ class Sequential {
     std::string name;
     std::unique_ptr<Member> member;
   };
+
+  template <class Module>
+  Module& add_named(const std::string& name, Module module, bool positional) {
+    static_assert(std::is_same_v<typename Module::Scalar, T>, "momnet::Sequential: the member's Scalar differs");
+    for (const Entry& e : members_) {
+      if (!name.empty() && e.name == name) {
+        throw std::invalid_argument("momnet::Sequential::add: a member named '" + name + "' exists already" +
+                                    (positional ? " (an unnamed member is named by its position, " + name +
+                                                      "; give this one a name)"
+                                                : ""));
+      }
+    }
+    auto held = std::make_unique<Held<Module>>(std::move(module));
+    Module& stored = held->module;
+    members_.push_back(Entry{name, std::move(held)});
+    // Names must stay unique (a member added under the empty name brings its
+    // own names into this level): checkpoints key on them.
+    std::vector<std::string> names;
+    StateVisitor<T> collect([&names](const std::string& n, Parameter<T>&) { names.push_back(n); },
+                            [&names](const std::string& n, BufferRef<T>) { names.push_back(n); });
+    collect.enter(*this);
+    std::sort(names.begin(), names.end());
+    const auto duplicate = std::adjacent_find(names.begin(), names.end());
+    if (duplicate != names.end()) {
+      const std::string clash = *duplicate;
+      members_.pop_back();
+      throw std::invalid_argument("momnet::Sequential::add: the member would repeat the name '" + clash +
+                                  "'; give it (or the member it clashes with) a name of its own");
+    }
+    return stored;
+  }
 
   const Entry& entry(std::size_t i) const {
     if (i >= members_.size()) {

@@ -142,6 +142,7 @@ class Tape {
   struct Mark {
     std::size_t nodes = 0;
     Arena::Mark arena;
+    std::uint64_t last_serial = 0;  // the serial of node nodes - 1: tells a mark made stale by clear()
   };
 
   // One output of record_op(): its shape and its value (from allocate()).
@@ -230,7 +231,7 @@ class Tape {
     Var<T> v = push(parameter.shape(), parameter.value_data(), grad_enabled_, nullptr, false);
     if (grad_enabled_) nodes_.back().grad = parameter.grad_data();
     nodes_.back().external_grad = true;
-    nodes_.back().parameter_version = parameter.version_source();
+    nodes_.back().parameter = parameter.status();
     nodes_.back().recorded_version = parameter.version();
     return v;
   }
@@ -469,12 +470,23 @@ class Tape {
 
   // ---- scopes -----------------------------------------------------------------
 
-  Mark mark() const noexcept { return Mark{nodes_.size(), arena_.mark()}; }
+  Mark mark() const noexcept { return Mark{nodes_.size(), arena_.mark(), nodes_.empty() ? 0 : nodes_.back().serial}; }
+
+  // The mark still stands in this recording: not past the end, and the nodes
+  // before it are the ones it was taken after (not released by an earlier
+  // rewind or clear() and recorded anew).
+  bool holds(const Mark& mark) const noexcept {
+    return mark.nodes <= nodes_.size() && (mark.nodes == 0 || nodes_[mark.nodes - 1].serial == mark.last_serial);
+  }
 
   // Releases every node recorded since `mark`; their Vars become invalid.
   void rewind(const Mark& mark) {
     if (mark.nodes > nodes_.size()) {
       throw std::logic_error("momnet::Tape::rewind: the mark is past the end (already rewound)");
+    }
+    if (!holds(mark)) {
+      throw std::logic_error("momnet::Tape::rewind: the mark is stale: the nodes it followed were released "
+                             "(clear() or an earlier rewind) and others recorded in their place");
     }
     destroy_steps(mark.nodes);
     release_gradients(mark.nodes);
@@ -521,8 +533,7 @@ class Tape {
     T* grad;
     Step* step;
     std::uint64_t serial;
-    const std::uint64_t* parameter_version;  // a parameter's node: its live version
-    std::uint64_t recorded_version;          // ... and the version it was recorded at
+    std::uint64_t recorded_version;  // a parameter's node: its version when recorded
     Shape shape;
     std::uint32_t outputs;  // on a step's node: how many outputs (ending here) it serves
     std::uint32_t to_last;  // distance to the node holding this output's step
@@ -532,6 +543,7 @@ class Tape {
     bool destroy_step;   // the step owns resources: run its destructor on rewind
     bool external_grad;  // the gradient is a parameter's, never reset by the tape
     bool grad_live;      // grad holds this backward pass's gradient
+    std::shared_ptr<const ParameterStatus> parameter{};  // a parameter's node: its live status
   };
 
   static std::uint64_t next_tape_id() noexcept {
@@ -598,15 +610,32 @@ class Tape {
   void check_parameter_versions(std::size_t last) const {
     for (std::size_t i = 0; i <= last; ++i) {
       const Node& n = nodes_[i];
-      if (n.parameter_version != nullptr && n.requires_grad && *n.parameter_version != n.recorded_version) {
-        throw std::logic_error(
-            "momnet::Tape::backward: a parameter of shape " + n.shape.to_string() + " (Var #" + std::to_string(i) +
-            ") was modified after the forward pass recorded it (version " + std::to_string(n.recorded_version) +
-            ", now " + std::to_string(*n.parameter_version) +
-            "); its stored activations are stale. Run the optimiser step after backward, then record again");
-      }
+      if (n.parameter == nullptr || !n.requires_grad) continue;
+      check_parameter(*n.parameter, n.recorded_version, "momnet::Tape::backward", n.shape);
     }
   }
+
+ public:
+  // Throws if a parameter recorded at `recorded_version` was destroyed or
+  // modified since; `who` names the caller.
+  static void check_parameter(const ParameterStatus& status, std::uint64_t recorded_version, const char* who,
+                              const Shape& shape) {
+    if (!status.alive) {
+      throw std::logic_error(std::string(who) + ": a parameter of shape " + shape.to_string() +
+                             " recorded by the forward pass was destroyed (or its model assigned over) before the "
+                             "backward pass; keep the model alive until backward has run");
+    }
+    if (status.version != recorded_version) {
+      throw std::logic_error(std::string(who) + ": a parameter of shape " + shape.to_string() +
+                             " was modified after the forward pass recorded it (version " +
+                             std::to_string(recorded_version) + ", now " + std::to_string(status.version) +
+                             "); its stored activations are stale. Run the optimiser step after backward, then "
+                             "record again");
+    }
+  }
+
+ private:
+
 
   // Returns the gradient buffers of nodes from `from` on to the pool.
   void release_gradients(std::size_t from) noexcept {
@@ -620,8 +649,8 @@ class Tape {
   }
 
   Var<T> push(const Shape& shape, T* value, bool needs_grad, Step* step, bool destroy_step) {
-    nodes_.push_back(Node{value, nullptr, step, ++serial_, nullptr, 0, shape, 1, 0, false, false, needs_grad,
-                          destroy_step, false, false});
+    nodes_.push_back(Node{value, nullptr, step, ++serial_, 0, shape, 1, 0, false, false, needs_grad, destroy_step,
+                          false, false, nullptr});
     return Var<T>(this, id_, nodes_.size() - 1, serial_);
   }
 
@@ -739,7 +768,7 @@ class TapeScope {
   TapeScope(const TapeScope&) = delete;
   TapeScope& operator=(const TapeScope&) = delete;
   ~TapeScope() {
-    if (mark_.nodes <= tape_.size()) tape_.rewind(mark_);
+    if (tape_.holds(mark_)) tape_.rewind(mark_);  // a stale mark (clear() inside the scope) releases nothing
   }
   const typename Tape<T>::Mark& mark() const noexcept { return mark_; }
 

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <array>
+#include <initializer_list>
 #include <limits>
 #include <stdexcept>
 #include <string>
@@ -86,6 +87,12 @@ Var<T> concat(const std::vector<Var<T>>& parts, int axis = -1) {
 template <class T>
 Var<T> concat(const Var<T>& a, const Var<T>& b, int axis = -1) {
   return concat(std::vector<Var<T>>{a, b}, axis);
+}
+
+// concat({a, b, c}, axis): a braced list deduces no std::vector.
+template <class T>
+Var<T> concat(std::initializer_list<Var<T>> parts, int axis = -1) {
+  return concat(std::vector<Var<T>>(parts), axis);
 }
 
 // Positions [begin, begin + count) of x along `axis` (the last by default);
