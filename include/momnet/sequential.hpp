@@ -7,8 +7,10 @@
 //
 // Members are named `0`, `1`, ... in order, or by the name given to add():
 // `stem.weight`, `1.3.fc1.weight`. A member added under the empty name adds
-// no level: its own names appear directly. Train/eval mode set on the
-// Sequential (momnet::train / eval) reaches every member.
+// no level: its own names appear directly; add() refuses a member whose names
+// would repeat. Train/eval mode set on the Sequential (momnet::train / eval)
+// reaches every member. Used as a block (inside a stack) it passes the
+// stack's context to its members; a stack inside it keeps its own step count.
 //
 // to_momentum(sequential, gamma) converts every Residual inside it, at any
 // depth, into a MomentumResidual with copies of the same parameters, and
