@@ -3,8 +3,10 @@
 // them through visit_state (module.hpp); parameters_of() and
 // named_parameters() collect them for optimisers, checkpoints and users.
 //
-// The tape refers to a parameter by address while it records, so a model must
-// not be moved or copied between a forward pass and its backward pass.
+// The tape refers to a parameter's buffers while it records. Moving a
+// parameter keeps them (and the tape's view of it); destroying it, assigning
+// over it or changing it through an optimiser between a forward pass and its
+// backward pass makes that backward pass throw (ParameterStatus).
 #pragma once
 
 #include <cstdint>
