@@ -5,6 +5,7 @@
 
 #include <cstddef>
 #include <stdexcept>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -30,6 +31,13 @@ class BlockStack {
   // The distinct blocks: depth() of them, or one when weight-tied.
   std::vector<Block>& blocks() noexcept { return blocks_; }
   const std::vector<Block>& blocks() const noexcept { return blocks_; }
+
+  // The distinct blocks named `0`, `1`, ... (a weight-tied stack names its
+  // one block `0`), as a stack's own state.
+  template <class Visitor>
+  void visit_state(Visitor& visit) {
+    for (std::size_t i = 0; i < blocks_.size(); ++i) visit.child(std::to_string(i), blocks_[i]);
+  }
 
 
  private:

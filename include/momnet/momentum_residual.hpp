@@ -255,7 +255,7 @@ class MomentumResidual {
   // Blocks named `0`, `1`, ... (a weight-tied stack names its one block `0`).
   template <class Visitor>
   void visit_state(Visitor& visit) {
-    for (std::size_t i = 0; i < stack_.blocks().size(); ++i) visit.child(std::to_string(i), stack_.blocks()[i]);
+    stack_.visit_state(visit);
   }
   template <class Visitor>
   void visit_parameters(Visitor&& visit) {
@@ -403,12 +403,6 @@ class MomentumResidual {
             state.spill_count()};
   }
 
-  bool has_parameters() {
-    bool any = false;
-    for_each_parameter(*this, [&any](Parameter<T>&) { any = true; });
-    return any;
-  }
-
   // The inputs of the one node: x, the velocity (possibly empty), the extras.
   static std::vector<Var<T>> node_inputs(const Var<T>& x, const Var<T>& velocity, const std::vector<Var<T>>& extras) {
     std::vector<Var<T>> inputs{x, velocity};
@@ -499,8 +493,10 @@ class MomentumResidual {
     run_exact_forward(tape, state, shape, extras, call);
     const std::size_t store_bytes = state.store_bytes(), spills = state.spill_count();
     auto [x_value, v_value] = read_out(tape, state);
+    std::vector<Watched> watched = watch_parameters();
+    const bool has_parameters = !watched.empty();
     auto rule = [self = self_, state = std::move(state), x, velocity, extras, shape, call,
-                 threads = Eigen::nbThreads(), watched = watch_parameters()](Gradients<T>& g) {
+                 threads = Eigen::nbThreads(), watched = std::move(watched)](Gradients<T>& g) {
       MomentumResidual& net = live(self);
       check_watched(watched);
       check_threads(threads);
@@ -513,7 +509,7 @@ class MomentumResidual {
     const auto [x_out, v_out] = tape.template record_op<2>(
         node_inputs(x, velocity, extras),
         std::array<typename Tape<T>::Output, 2>{{{shape, x_value}, {shape, v_value}}}, std::move(rule),
-        has_parameters());
+        has_parameters);
     return {x_out, v_out, store_bytes, spills};
   }
 
@@ -584,8 +580,10 @@ class MomentumResidual {
       }
     }
     if (!tape.grad_enabled()) return {tape.leaf(shape, x_value, false), tape.leaf(shape, v_value, false)};
+    std::vector<Watched> watched = watch_parameters();
+    const bool has_parameters = !watched.empty();
     auto rule = [self = self_, x, velocity, extras, shape, call, x_value, v_value, gamma, complement,
-                 watched = watch_parameters()](Gradients<T>& g) {
+                 watched = std::move(watched)](Gradients<T>& g) {
       MomentumResidual& net = live(self);
       check_watched(watched);
       Tape<T>& tape = g.tape();
@@ -622,7 +620,7 @@ class MomentumResidual {
     const auto [x_out, v_out] = tape.template record_op<2>(
         node_inputs(x, velocity, extras),
         std::array<typename Tape<T>::Output, 2>{{{shape, x_value}, {shape, v_value}}}, std::move(rule),
-        has_parameters());
+        has_parameters);
     return {x_out, v_out};
   }
 

@@ -66,7 +66,7 @@ class Residual {
   // Blocks named `0`, `1`, ... (a weight-tied stack names its one block `0`).
   template <class Visitor>
   void visit_state(Visitor& visit) {
-    for (std::size_t i = 0; i < stack_.blocks().size(); ++i) visit.child(std::to_string(i), stack_.blocks()[i]);
+    stack_.visit_state(visit);
   }
   template <class Visitor>
   void visit_parameters(Visitor&& visit) {

@@ -24,20 +24,24 @@ Var<T> softmax_along(const char* operation, const Var<T>& x, int axis, bool log)
     throw_shape(operation, shape, "axis " + std::to_string(axis) + " is empty: nothing to normalise over");
   }
   T* out = tape.allocate(shape.size());
-  // Other axes than the last need inner values of scratch, kept for backward.
-  T* scratch = s.inner > 1 ? tape.allocate(s.inner) : nullptr;
-  if (log) {
-    kernels::log_softmax(x.data(), out, s, scratch);
-  } else {
-    kernels::softmax(x.data(), out, s, scratch);
+  {
+    // Other axes than the last need inner values of scratch: pool memory for
+    // this pass only, not arena memory kept with the node.
+    const auto scratch = tape.scratch(s.inner > 1 ? s.inner : 0);
+    if (log) {
+      kernels::log_softmax(x.data(), out, s, scratch.data());
+    } else {
+      kernels::softmax(x.data(), out, s, scratch.data());
+    }
   }
   return tape.record_op({x}, shape, out, [=](Gradients<T>& g) {
     T* gx = g.input(0);
     if (gx == nullptr) return;
+    const auto scratch = g.tape().scratch(s.inner > 1 ? s.inner : 0);
     if (log) {
-      kernels::log_softmax_backward(g.output(0), static_cast<const T*>(out), gx, s, scratch);
+      kernels::log_softmax_backward(g.output(0), static_cast<const T*>(out), gx, s, scratch.data());
     } else {
-      kernels::softmax_backward(g.output(0), static_cast<const T*>(out), gx, s, scratch);
+      kernels::softmax_backward(g.output(0), static_cast<const T*>(out), gx, s, scratch.data());
     }
   });
 }
