@@ -2,13 +2,16 @@
 # Installs what momnet needs from Debian 12 packages when run as root (or
 # with sudo); otherwise checks they are there and prints the command that
 # would install them.
-#   install-deps.sh         everything: tests, examples, benchmarks and the plot
+#   install-deps.sh         everything: tests, examples, benchmarks, the plots
+#                           and the Fashion-MNIST dataset the image example reads
 #   install-deps.sh build   what building and testing need
 set -euo pipefail
 
-packages=(g++ cmake make libeigen3-dev catch2 libbenchmark-dev)
+# zlib and nlohmann-json: the optional momnet::data (gzip IDX files) and
+# momnet::io (safetensors) targets, which the tests cover.
+packages=(g++ cmake make libeigen3-dev catch2 libbenchmark-dev zlib1g-dev nlohmann-json3-dev)
 if [ "${1:-all}" != build ]; then
-  packages+=(python3 python3-matplotlib)
+  packages+=(python3 python3-matplotlib dataset-fashion-mnist)
 fi
 
 missing=()
