@@ -32,11 +32,12 @@ class BlockStack {
   std::vector<Block>& blocks() noexcept { return blocks_; }
   const std::vector<Block>& blocks() const noexcept { return blocks_; }
 
-  // The distinct blocks named `0`, `1`, ... (a weight-tied stack names its
-  // one block `0`), as a stack's own state.
+  // The distinct blocks named `first`, `first + 1`, ... (a weight-tied stack
+  // names its one block `first`), as a stack's own state. `first` is 1 for a
+  // torchvision stage whose block 0 sits outside the stack (layer1.1, ...).
   template <class Visitor>
-  void visit_state(Visitor& visit) {
-    for (std::size_t i = 0; i < blocks_.size(); ++i) visit.child(std::to_string(i), blocks_[i]);
+  void visit_state(Visitor& visit, std::size_t first = 0) {
+    for (std::size_t i = 0; i < blocks_.size(); ++i) visit.child(std::to_string(first + i), blocks_[i]);
   }
 
 

@@ -38,6 +38,9 @@ struct MomentumOptions {
   double float_drift_tolerance = 1e-3;
   // The seed of the blocks' random draws (CallContext::random).
   std::uint64_t seed = 0;
+  // The name of the first block in visit_state (named_parameters): 1 for a
+  // stage whose block 0 sits outside the stack, as torchvision's layer1.1.
+  std::size_t first_block_name = 0;
 };
 
 template <class T>

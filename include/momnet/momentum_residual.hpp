@@ -252,10 +252,11 @@ class MomentumResidual {
   // use it to prove the rebuild is bitwise); empty by default.
   void set_observer(Observer observer) { observer_ = std::move(observer); }
 
-  // Blocks named `0`, `1`, ... (a weight-tied stack names its one block `0`).
+  // Blocks named `0`, `1`, ... from options().first_block_name (a
+  // weight-tied stack names its one block once).
   template <class Visitor>
   void visit_state(Visitor& visit) {
-    stack_.visit_state(visit);
+    stack_.visit_state(visit, options_.first_block_name);
   }
   template <class Visitor>
   void visit_parameters(Visitor&& visit) {
@@ -664,6 +665,7 @@ MomentumResidual<Block> to_momentum(const Residual<Block>& residual, double gamm
   options.gamma = gamma;
   options.residual_blocks = residual.options().residual_blocks;
   options.seed = residual.options().seed;
+  options.first_block_name = residual.options().first_block_name;
   MomentumResidual<Block> net(residual.stack(), options);
   net.set_training(residual.training());
   net.set_step(residual.step());

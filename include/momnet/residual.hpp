@@ -25,6 +25,9 @@ struct ResidualOptions {
   bool residual_blocks = true;
   // The seed of the blocks' random draws (CallContext::random).
   std::uint64_t seed = 0;
+  // The name of the first block in visit_state (named_parameters): 1 for a
+  // stage whose block 0 sits outside the stack, as torchvision's layer1.1.
+  std::size_t first_block_name = 0;
 };
 
 template <class Block>
@@ -63,10 +66,11 @@ class Residual {
   }
   Var<T> forward(Tape<T>& tape, const Var<T>& x) { return (*this)(tape, x); }
 
-  // Blocks named `0`, `1`, ... (a weight-tied stack names its one block `0`).
+  // Blocks named `0`, `1`, ... from options().first_block_name (a
+  // weight-tied stack names its one block once).
   template <class Visitor>
   void visit_state(Visitor& visit) {
-    stack_.visit_state(visit);
+    stack_.visit_state(visit, options_.first_block_name);
   }
   template <class Visitor>
   void visit_parameters(Visitor&& visit) {
