@@ -65,4 +65,49 @@ void pytorch_linear(Parameter<T>& p, Eigen::Index fan_in, Rng& rng) {
   uniform(p, -bound, bound, rng);
 }
 
+// PyTorch's fans of a weight (torch.nn.init's _calculate_fan_in_and_fan_out):
+// [out, in, k...] has fan_in = in * prod(k) and fan_out = out * prod(k); a
+// grouped convolution's weight [out, in / groups, kh, kw] counts in / groups.
+inline Eigen::Index fan_in_of(const Shape& weight) {
+  if (weight.rank() < 2) {
+    throw std::invalid_argument("momnet::init::fan_in_of: a weight needs at least 2 dimensions, got " +
+                                weight.to_string());
+  }
+  Eigen::Index fan = weight.dim(1);
+  for (int i = 2; i < weight.rank(); ++i) fan *= weight.dim(i);
+  return fan;
+}
+inline Eigen::Index fan_out_of(const Shape& weight) {
+  if (weight.rank() < 2) {
+    throw std::invalid_argument("momnet::init::fan_out_of: a weight needs at least 2 dimensions, got " +
+                                weight.to_string());
+  }
+  Eigen::Index fan = weight.dim(0);
+  for (int i = 2; i < weight.rank(); ++i) fan *= weight.dim(i);
+  return fan;
+}
+
+// torchvision's ResNet initialisation of its convolutions,
+// kaiming_normal_(mode="fan_out", nonlinearity="relu"): N(0, 2 / fan_out),
+// fan_out from the weight's own shape.
+template <class T>
+void kaiming_normal_fan_out(Parameter<T>& weight, Rng& rng) {
+  const Eigen::Index fan = fan_out_of(weight.shape());
+  check_fan("momnet::init::kaiming_normal_fan_out", fan);
+  normal(weight, 0.0, std::sqrt(2.0 / static_cast<double>(fan)), rng);
+}
+
+// PyTorch's default for nn.Conv2d (and nn.Linear): the weight by
+// kaiming_uniform_(a = sqrt(5)), whose bound gain * sqrt(3 / fan_in) with
+// gain = sqrt(2 / (1 + 5)) is 1/sqrt(fan_in), and the bias U(+-1/sqrt(fan_in)),
+// fan_in from the weight's shape. `bias` may be null.
+template <class T>
+void pytorch_default(Parameter<T>& weight, Parameter<T>* bias, Rng& rng) {
+  const Eigen::Index fan = fan_in_of(weight.shape());
+  check_fan("momnet::init::pytorch_default", fan);
+  const double bound = 1.0 / std::sqrt(static_cast<double>(fan));
+  uniform(weight, -bound, bound, rng);
+  if (bias != nullptr) uniform(*bias, -bound, bound, rng);
+}
+
 }  // namespace momnet::init
