@@ -88,6 +88,14 @@ class Adam {
 
   const AdamOptions& options() const noexcept { return options_; }
   long steps() const noexcept { return steps_; }
+  double learning_rate() const noexcept { return options_.learning_rate; }
+  // The next step() uses the new rate; the moments and the step count (hence
+  // the bias correction) carry on, as when PyTorch changes a group's lr.
+  void set_learning_rate(double learning_rate) {
+    detail::check_non_negative(options_.decoupled_weight_decay ? "momnet::AdamW" : "momnet::Adam",
+                               "learning_rate", learning_rate);
+    options_.learning_rate = learning_rate;
+  }
 
  private:
   std::vector<Parameter<T>*> parameters_;

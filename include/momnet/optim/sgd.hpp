@@ -109,6 +109,8 @@ class SGD {
   }
 
   const SGDOptions& options() const noexcept { return options_; }
+  double learning_rate() const noexcept { return options_.learning_rate; }
+  // The next step() uses the new rate (what a learning-rate schedule calls).
   void set_learning_rate(double learning_rate) {
     detail::check_non_negative("momnet::SGD", "learning_rate", learning_rate);
     options_.learning_rate = learning_rate;
