@@ -436,7 +436,7 @@ TEST_CASE("read_idx refuses a gzip bomb without inflating it into memory", "[dat
   write_bytes(path, bomb(idx_bytes(0x08, {2}, {1, 2}), 256));
   const std::string m = read_idx_message(path);
   CHECK(m.find("momnet::read_idx: '" + path + "': trailing bytes: dimensions [2] of ubyte need 2 bytes of data after "
-               "the 8-byte header, the file has more than ") == 0);
+               "the 8-byte header, the file has at least ") == 0);
   CHECK(m.find("too many, once decompressed)") != std::string::npos);
   CHECK(m.find("268435458") == std::string::npos);  // the whole stream's size: it did not read it all
   // A damaged header is reported as such, without reading the rest either.
@@ -448,6 +448,46 @@ TEST_CASE("read_idx refuses a gzip bomb without inflating it into memory", "[dat
                        "momnet::parse_idx: 'huge': truncated data", "[2147483647, 2147483647] of ubyte need",
                        "the file has 4194304 (once decompressed)");
 #endif
+}
+
+// Each input below is a fuzz/idx_fuzzer.cpp finding (without its mode byte),
+// with what the reader must do with it.
+TEST_CASE("IDX inputs found by fuzzing are rejected cleanly", "[data][idx]") {
+  const auto parse = [](const Bytes& b, bool gzip) { return momnet::parse_idx(b.data(), b.size(), "found", gzip); };
+  const auto gzip = [](const Bytes& content) {
+#ifdef MOMNET_HAVE_ZLIB
+    return momnet::detail::gzip("test", "memory", content.data(), content.size());
+#else
+    return content;
+#endif
+  };
+  SECTION("a zero dimension after others whose product overflows: an empty array, not an overflow") {
+    // int16 [1, 1, 65535, 1421735005, 2019558160, 1024, 1677721600, 0]:
+    // the product of the first seven is past 2^64, the eighth makes it 0.
+    const Bytes found = {0x00, 0x00, 0x0B, 0x08, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x01,
+                         0x00, 0x00, 0xFF, 0xFF, 0x54, 0xBD, 0xF4, 0x5D, 0x78, 0x60, 0x03, 0x10,
+                         0x00, 0x00, 0x04, 0x00, 0x64, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00};
+    const std::vector<std::int64_t> dims = {1, 1, 65535, 1421735005, 2019558160, 1024, 1677721600, 0};
+    const IdxArray a = parse(found, false);
+    CHECK(a.type == IdxType::int16);
+    CHECK(a.dims == dims);
+    CHECK(a.data.empty());
+    CHECK(a.size() == 0);
+    CHECK(momnet::serialize_idx(a, "found", false) == found);
+    if (have_zlib) CHECK(parse(gzip(found), true).dims == dims);
+    // Without the zero it is an overflow; with data after it, trailing bytes.
+    Bytes full = found;
+    full[35] = 1;
+    REQUIRE_THROWS_EXACT(parse(full, false), std::runtime_error, "momnet::parse_idx: 'found': size overflow");
+    Bytes trailing = found;
+    trailing.push_back(0);
+    REQUIRE_THROWS_EXACT(parse(trailing, false), std::runtime_error, "trailing bytes", "need 0 bytes",
+                         "the file has 1 (1 too many)");
+    if (have_zlib) {
+      REQUIRE_THROWS_EXACT(parse(gzip(full), true), std::runtime_error, "size overflow");
+      REQUIRE_THROWS_EXACT(parse(gzip(trailing), true), std::runtime_error, "(1 too many, once decompressed)");
+    }
+  }
 }
 
 // ---- data sets ----------------------------------------------------------------

@@ -260,6 +260,11 @@ inline void write_file_bytes(const char* function, const std::string& path, cons
   }
 }
 
+// The big-endian 32-bit word at `p`.
+inline std::uint32_t idx_word(const unsigned char* p) {
+  return std::uint32_t{p[0]} << 24 | std::uint32_t{p[1]} << 16 | std::uint32_t{p[2]} << 8 | p[3];
+}
+
 // How many bytes an IDX file must have, told by its first `n` bytes `p`: the
 // header's and its data's, or only the first 4 (or the header's) when those
 // are invalid, which is enough to report them. 0 while `n` bytes cannot tell.
@@ -271,7 +276,7 @@ inline std::uint64_t idx_file_size(const unsigned char* p, std::size_t n) {
   if (n < header) return 0;
   std::vector<std::int64_t> dims;
   for (std::size_t i = 4; i < header; i += 4) {
-    const std::uint32_t d = std::uint32_t{p[i]} << 24 | std::uint32_t{p[i + 1]} << 16 | std::uint32_t{p[i + 2]} << 8 | p[i + 3];
+    const std::uint32_t d = idx_word(p + i);
     if (d > static_cast<std::uint32_t>(std::numeric_limits<std::int32_t>::max())) return header;
     dims.push_back(static_cast<std::int64_t>(d));
   }
@@ -348,7 +353,15 @@ Gunzipped gunzip(const char* function, const std::string& path, const unsigned c
     const std::size_t got = out_given - s.avail_out;
     result.size += got;
     if (keeping) kept += got;
-    if (limit == 0) limit = keep(out.data(), kept);
+    if (limit == 0) {
+      limit = keep(out.data(), kept);
+      // Room for all that is kept, in one allocation without copies, as far
+      // as the input can fill it (deflate expands by 1032 at most) and up to
+      // 1 GiB (beyond, the buffer doubles): reserving touches no memory, and
+      // resizing only follows the output.
+      const std::uint64_t room = std::min({limit, std::uint64_t{in_size} * 1032, std::uint64_t{1} << 30});
+      if (limit != 0) out.reserve(static_cast<std::size_t>(room));
+    }
     if (limit != 0 && result.size > limit && result.size - limit > excess) {
       result.cut = true;
       break;
@@ -419,8 +432,8 @@ inline std::vector<unsigned char> gzip(const char* function, const std::string& 
 // (a lower bound when `cut`). Reuses the buffer of `bytes` for the data.
 inline IdxArray idx_from_bytes(const char* function, const std::string& path, std::vector<unsigned char> bytes,
                                std::uint64_t size, bool compressed, bool cut) {
-  const std::string more = cut ? "more than " : "";
-  const std::string held = more + std::to_string(size) + (compressed ? " bytes once decompressed" : " bytes");
+  const std::string at_least = cut ? "at least " : "";
+  const std::string held = at_least + std::to_string(size) + (compressed ? " bytes once decompressed" : " bytes");
   const auto fail = [&](const std::string& what) { throw_file_error(function, path, what); };
 
   if (size < 4) fail("truncated header: the file has " + held + ", an IDX header needs at least 4");
@@ -448,8 +461,7 @@ inline IdxArray idx_from_bytes(const char* function, const std::string& path, st
   IdxArray array;
   array.type = type;
   for (int i = 0; i < rank; ++i) {
-    const unsigned char* p = bytes.data() + 4 + 4 * i;
-    const std::uint32_t d = std::uint32_t{p[0]} << 24 | std::uint32_t{p[1]} << 16 | std::uint32_t{p[2]} << 8 | p[3];
+    const std::uint32_t d = idx_word(bytes.data() + 4 + 4 * i);
     if (d > static_cast<std::uint32_t>(std::numeric_limits<std::int32_t>::max())) {
       fail("dimension " + std::to_string(i) + " is negative (" +
            std::to_string(static_cast<std::int64_t>(d) - (std::int64_t{1} << 32)) + ")");
@@ -471,8 +483,8 @@ inline IdxArray idx_from_bytes(const char* function, const std::string& path, st
   }
   if (actual > expected) {
     fail("trailing bytes: dimensions " + dims_text + " need " + std::to_string(expected) +
-         " bytes of data after the " + std::to_string(header) + "-byte header, the file has " + more +
-         std::to_string(actual) + " (" + more + std::to_string(actual - expected) + " too many" +
+         " bytes of data after the " + std::to_string(header) + "-byte header, the file has " + at_least +
+         std::to_string(actual) + " (" + at_least + std::to_string(actual - expected) + " too many" +
          (compressed ? ", once decompressed)" : ")"));
   }
   // The header goes; the data stays in this buffer (no second copy).
