@@ -20,6 +20,11 @@ class Rng {
  public:
   explicit Rng(std::uint64_t seed) noexcept : state_(seed) {}
 
+  // The whole state, for a checkpoint: set_state(state()) continues the
+  // sequence exactly where it was.
+  std::uint64_t state() const noexcept { return state_; }
+  void set_state(std::uint64_t state) noexcept { state_ = state; }
+
   std::uint64_t next() noexcept {
     std::uint64_t z = (state_ += 0x9E3779B97F4A7C15ULL);
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;

@@ -6,6 +6,7 @@
 //   p = p - lr * (m / (1 - beta1^t)) / (sqrt(v / (1 - beta2^t)) + eps)
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <stdexcept>
 #include <string>
@@ -86,6 +87,39 @@ class Adam {
     for (Parameter<T>* p : parameters_) p->zero_grad();
   }
 
+  // State access for checkpoints (io/checkpoint.hpp), in PyTorch's terms: the
+  // per-parameter state tensors are named state_names(), the first and second
+  // moments "exp_avg" and "exp_avg_sq". Like PyTorch, which creates them at a
+  // parameter's first step, they exist only once steps() > 0 (zeros before).
+  const std::vector<Parameter<T>*>& parameters() const noexcept { return parameters_; }
+  std::vector<const char*> state_names() const { return {"exp_avg", "exp_avg_sq"}; }
+  bool has_state() const noexcept { return steps_ > 0; }
+  // State tensor `which` (an index into state_names()) of parameters()[i]:
+  // its size() values, or null while the state does not exist.
+  const T* state(std::size_t which, std::size_t i) const {
+    detail::check_state_index(name(), which, 2, i, parameters_.size());
+    if (!has_state()) return nullptr;
+    return which == 0 ? first_[i].data() : second_[i].data();
+  }
+  // Restores a saved state: steps() = steps (the bias correction's t) and
+  // state[which][i] copied in (every tensor state() would return; none at
+  // step 0, which zeroes the moments). std::invalid_argument, changing
+  // nothing, for any other list.
+  void load_state(long steps, const std::vector<std::vector<const T*>>& state) {
+    detail::check_loaded_state(name(), steps, steps > 0, 2, parameters_.size(), state);
+    for (std::size_t i = 0; i < parameters_.size(); ++i) {
+      const Eigen::Index n = parameters_[i]->size();
+      if (state.empty()) {
+        array_view(first_[i].data(), n).setZero();
+        array_view(second_[i].data(), n).setZero();
+      } else {
+        std::copy(state[0][i], state[0][i] + n, first_[i].data());
+        std::copy(state[1][i], state[1][i] + n, second_[i].data());
+      }
+    }
+    steps_ = steps;
+  }
+
   const AdamOptions& options() const noexcept { return options_; }
   long steps() const noexcept { return steps_; }
   double learning_rate() const noexcept { return options_.learning_rate; }
@@ -98,6 +132,8 @@ class Adam {
   }
 
  private:
+  const char* name() const noexcept { return options_.decoupled_weight_decay ? "momnet::AdamW" : "momnet::Adam"; }
+
   std::vector<Parameter<T>*> parameters_;
   AdamOptions options_;
   std::vector<Buffer<T>> first_;

@@ -12,6 +12,7 @@
 // changes, so a tape recorded before the step refuses a backward through it.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <stdexcept>
 #include <string>
@@ -47,6 +48,41 @@ void check_parameters(const char* name, const std::vector<Parameter<T>*>& parame
                                   std::to_string(seen->second) + " and " + std::to_string(i) +
                                   "; it would be stepped twice per step (parameters_of() lists each once)");
     }
+  }
+}
+// The checks of an optimiser's load_state(): `steps` >= 0, and state[which][i]
+// given for every state name and parameter when the state exists, nothing
+// when it does not. Throws std::invalid_argument before anything changes.
+template <class T>
+void check_loaded_state(const char* name, long steps, bool exists, std::size_t names, std::size_t parameters,
+                        const std::vector<std::vector<const T*>>& state) {
+  const std::string who = std::string(name) + "::load_state";
+  if (steps < 0) throw std::invalid_argument(who + ": steps must be >= 0, got " + std::to_string(steps));
+  const std::size_t expected = exists ? names : 0;
+  if (state.size() != expected) {
+    throw std::invalid_argument(who + ": expected " + std::to_string(expected) + " state tensor list(s) at step " +
+                                std::to_string(steps) + ", got " + std::to_string(state.size()));
+  }
+  for (std::size_t which = 0; which < state.size(); ++which) {
+    if (state[which].size() != parameters) {
+      throw std::invalid_argument(who + ": state list " + std::to_string(which) + " has " +
+                                  std::to_string(state[which].size()) + " tensors for " + std::to_string(parameters) +
+                                  " parameters");
+    }
+    for (std::size_t i = 0; i < parameters; ++i) {
+      if (state[which][i] == nullptr) {
+        throw std::invalid_argument(who + ": state list " + std::to_string(which) + " has a null tensor for parameter " +
+                                    std::to_string(i));
+      }
+    }
+  }
+}
+inline void check_state_index(const char* name, std::size_t which, std::size_t names, std::size_t i,
+                              std::size_t parameters) {
+  if (which >= names || i >= parameters) {
+    throw std::out_of_range(std::string(name) + "::state: state " + std::to_string(which) + " of parameter " +
+                            std::to_string(i) + " requested; there are " + std::to_string(names) + " state name(s) and " +
+                            std::to_string(parameters) + " parameter(s)");
   }
 }
 inline void check_non_negative(const char* name, const char* what, double value) {
@@ -106,6 +142,38 @@ class SGD {
 
   void zero_grad() {
     for (Parameter<T>* p : parameters_) p->zero_grad();
+  }
+
+  // State access for checkpoints (io/checkpoint.hpp), in PyTorch's terms: the
+  // per-parameter state tensors are named state_names(), "momentum_buffer"
+  // when momentum != 0. Like PyTorch, which creates a buffer at a parameter's
+  // first step, they exist only once steps() > 0: the first step copies the
+  // gradient into the buffer instead of decaying it.
+  const std::vector<Parameter<T>*>& parameters() const noexcept { return parameters_; }
+  // The number of step() calls so far.
+  long steps() const noexcept { return steps_; }
+  std::vector<const char*> state_names() const {
+    return options_.momentum != 0.0 ? std::vector<const char*>{"momentum_buffer"} : std::vector<const char*>{};
+  }
+  bool has_state() const noexcept { return steps_ > 0 && options_.momentum != 0.0; }
+  // State tensor `which` (an index into state_names()) of parameters()[i]:
+  // its size() values, or null while the state does not exist.
+  const T* state(std::size_t which, std::size_t i) const {
+    detail::check_state_index("momnet::SGD", which, state_names().size(), i, parameters_.size());
+    return has_state() ? buffers_[i].data() : nullptr;
+  }
+  // Restores a saved state: steps() = steps and state[which][i] copied in
+  // (every tensor state() would return, none when it would return null).
+  // std::invalid_argument, changing nothing, for any other list.
+  void load_state(long steps, const std::vector<std::vector<const T*>>& state) {
+    detail::check_loaded_state("momnet::SGD", steps, steps > 0 && options_.momentum != 0.0, state_names().size(),
+                               parameters_.size(), state);
+    for (std::size_t which = 0; which < state.size(); ++which) {
+      for (std::size_t i = 0; i < parameters_.size(); ++i) {
+        std::copy(state[which][i], state[which][i] + parameters_[i]->size(), buffers_[i].data());
+      }
+    }
+    steps_ = steps;
   }
 
   const SGDOptions& options() const noexcept { return options_; }
