@@ -14,6 +14,7 @@
 #pragma once
 
 #include <cmath>
+#include <limits>
 
 #include <Eigen/Core>
 
@@ -68,7 +69,10 @@ void softmax(const T* x, T* out, const AxisSplit& s, T* scratch) {
   log_softmax(x, out, s, scratch);
   const Eigen::Index n = s.outer * s.axis * s.inner;
   softmax_detail::Run<T> Y(out, n);
-  Y = Y.exp();
+  // Eigen's vectorised exp gives a denormal (5.6e-309 in double), not 0, for
+  // -infinity: a masked attention weight must be exactly 0, as in PyTorch,
+  // and denormals would slow every product that reads it.
+  Y = (Y == -std::numeric_limits<T>::infinity()).select(T(0), Y.exp());
 }
 
 // gx += y * (g - sum_a g * y), with y = softmax(x) (the forward output).
