@@ -24,22 +24,50 @@ MODEL is one of:
                        widths 4, 8, 16 with 2 blocks each, 10 classes.
     resnet_bottleneck  the same with Bottlenecks: widths 2, 4, 8 (out 8, 16,
                        32 channels), 1, 2, 2 blocks, a stem of 4 channels.
+    transformer_encoder
+                       nn.TransformerEncoder of 2 pre-norm (norm_first)
+                       layers, d_model 16, 4 heads, feed-forward 32, gelu,
+                       dropout 0, a final LayerNorm; batch 2, 6 positions
+                       (lengths 6 and 4), a float src_mask and a key
+                       padding mask. Two modes: `plain` (PyTorch's
+                       forward) and `momentum`, its Momentum version as
+                       momnet's to_momentum makes it (the layers return
+                       their whole output, so f(x) = layer(x) - x):
+                       v = gamma v + (1 - gamma)(layer(x) - x); x = x + v;
+                       then the final norm.
+    transformer        nn.Transformer, 2 post-norm encoder and 2 decoder
+                       layers, d_model 16, 2 heads, feed-forward 32, relu,
+                       dropout 0; batch 2, src of 5 positions (lengths 5
+                       and 3), tgt of 4 (lengths 4 and 3); a causal
+                       tgt_mask and the three key padding masks (the
+                       memory's is the src's). Mode `plain`.
 
 A file holds, in float32 (int64 for num_batches_tracked and labels):
     <state_dict name>        every parameter and buffer (strict load);
                              batch-norm weights, biases and running
                              statistics are random, not 1, 0, 0, 1
-    input                    the network's input
-    loss_weight              mlp_momentum: R of the loss sum(output * R)
+    input                    the network's input (the transformer's: src, tgt)
+    mask.<name>              the transformers' masks, under the names of
+                             their forward() arguments, as momnet takes
+                             them: additive float (0 or -inf; src_mask
+                             random); PyTorch 1.13 cannot mix a float
+                             attn_mask with a float key padding mask, so
+                             the key padding masks go to it as bool
+                             (mask == -inf), which it turns back into -inf
+    loss_weight              mlp_momentum, transformers: R of the loss
+                             sum(output * R); the transformers' R has the
+                             signs of their plain output (see make())
     labels                   resnets: classes of the loss cross_entropy(output,
                              labels) (mean over the batch)
     [P.]output, [P.]loss     the network's output and the loss
-    [P.]grad.input           d loss / d input
+    [P.]grad.input           d loss / d input (grad.src, grad.tgt)
     [P.]grad.<param name>    d loss / d parameter, for every parameter
     train.after.<buffer>     training mode: every buffer after the step
 where P is `train` (batch statistics; the running ones updated once) or
-`eval` (running statistics) for the resnets and absent for the MLP. The
-metadata records the model, gamma, the loss and the versions.
+`eval` (running statistics) for the resnets, `plain` or `momentum` for the
+transformers (in eval mode, dropout 0) and absent for the MLP. The
+metadata records the model, gamma, the loss, the versions and the
+transformers' options and sequence lengths.
 
 gamma: momnet uses gamma as p / 2^16 (0.9 -> 58982 / 65536 =
 0.899993896484375, exactly a float), so the PyTorch side uses that value too.
@@ -59,8 +87,8 @@ from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 GAMMA_BITS = 16
 GAMMA = round(0.9 * 2**GAMMA_BITS) / 2**GAMMA_BITS
 TOLERANCE = 1e-5
-DATA_NAMES = ("input", "labels", "loss_weight", "output", "loss")
-DATA_PREFIXES = ("grad.", "train.", "eval.")
+DATA_NAMES = ("input", "src", "tgt", "labels", "loss_weight", "output", "loss")
+DATA_PREFIXES = ("grad.", "train.", "eval.", "plain.", "momentum.", "mask.")
 DTYPES = {"F32": torch.float32, "F64": torch.float64, "I64": torch.int64}
 
 
@@ -159,21 +187,76 @@ class CifarResNet(ResNet):
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
-# name: (constructor, input shape, loss, modes)
+D_MODEL, FEEDFORWARD = 16, 32
+# Positions per sequence of a batch padded to the longest; the padding's keys are masked.
+ENCODER_LENGTHS = (6, 4)
+SRC_LENGTHS, TGT_LENGTHS = (5, 3), (4, 3)
+
+
+class TransformerEncoder(nn.TransformerEncoder):
+    """nn.TransformerEncoder (2 pre-norm gelu layers and a final norm); with
+    `gamma` set, its Momentum version as momnet's to_momentum makes it, the
+    same parameters and names."""
+
+    def __init__(self):
+        layer = nn.TransformerEncoderLayer(D_MODEL, 4, FEEDFORWARD, dropout=0.0, activation="gelu",
+                                           batch_first=True, norm_first=True)
+        super().__init__(layer, 2, norm=nn.LayerNorm(D_MODEL), enable_nested_tensor=False)
+        self.gamma = None
+
+    def forward(self, src, mask=None, src_key_padding_mask=None):
+        if self.gamma is None:
+            return super().forward(src, mask=mask, src_key_padding_mask=src_key_padding_mask)
+        x, v = src, torch.zeros_like(src)
+        for layer in self.layers:
+            f = layer(x, src_mask=mask, src_key_padding_mask=src_key_padding_mask) - x
+            v = self.gamma * v + (1 - self.gamma) * f
+            x = x + v
+        return self.norm(x)
+
+
+def transformer():
+    return nn.Transformer(D_MODEL, 2, num_encoder_layers=2, num_decoder_layers=2, dim_feedforward=FEEDFORWARD,
+                          dropout=0.0, activation="relu", batch_first=True, norm_first=False)
+
+
+# name: (constructor, shapes of the inputs and loss_weight, loss, modes)
 MODELS = {
-    "mlp_momentum": (lambda: MomentumMLP(), (4, 8), "sum(output * loss_weight)", [None]),
+    "mlp_momentum": (lambda: MomentumMLP(), {"input": (4, 8), "loss_weight": (4, 8)}, "sum(output * loss_weight)",
+                     [None]),
     "resnet_basic": (
         lambda: CifarResNet(BasicBlock, [2, 2, 2], [4, 8, 16], stem_width=4),
-        (4, 3, 8, 8),
+        {"input": (4, 3, 8, 8)},
         "cross_entropy(output, labels), mean",
         ["train", "eval"],
     ),
     "resnet_bottleneck": (
         lambda: CifarResNet(Bottleneck, [1, 2, 2], [2, 4, 8], stem_width=4),
-        (4, 3, 8, 8),
+        {"input": (4, 3, 8, 8)},
         "cross_entropy(output, labels), mean",
         ["train", "eval"],
     ),
+    "transformer_encoder": (
+        TransformerEncoder,
+        {"input": (2, max(ENCODER_LENGTHS), D_MODEL), "loss_weight": (2, max(ENCODER_LENGTHS), D_MODEL)},
+        "sum(output * loss_weight)",
+        ["plain", "momentum"],
+    ),
+    "transformer": (
+        transformer,
+        {"src": (2, max(SRC_LENGTHS), D_MODEL), "tgt": (2, max(TGT_LENGTHS), D_MODEL),
+         "loss_weight": (2, max(TGT_LENGTHS), D_MODEL)},
+        "sum(output * loss_weight)",
+        ["plain"],
+    ),
+}
+TRANSFORMER_METADATA = {
+    "transformer_encoder": {"d_model": D_MODEL, "nhead": 4, "num_layers": 2, "dim_feedforward": FEEDFORWARD,
+                            "activation": "gelu", "norm_first": True, "final_norm": True, "dropout": 0.0,
+                            "src_lengths": list(ENCODER_LENGTHS), "gamma": GAMMA},
+    "transformer": {"d_model": D_MODEL, "nhead": 2, "num_encoder_layers": 2, "num_decoder_layers": 2,
+                    "dim_feedforward": FEEDFORWARD, "activation": "relu", "norm_first": False, "dropout": 0.0,
+                    "src_lengths": list(SRC_LENGTHS), "tgt_lengths": list(TGT_LENGTHS)},
 }
 
 
@@ -190,21 +273,74 @@ def randomise_batch_norms(model, generator):
                 m.num_batches_tracked.fill_(3)
 
 
-def run(model, data, mode):
-    """One step of the fixture protocol: forward on `input` in `mode`, the
+def randomise_transformer(model, generator):
+    """Every parameter redrawn: matrices xavier-uniform (as nn.Transformer's
+    _reset_parameters, but also the encoder's, whose layers start as copies),
+    norm weights around 1, biases around 0 (PyTorch starts them at 1 and 0)."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() > 1:
+                bound = (6.0 / (p.shape[0] + p.shape[1])) ** 0.5
+                p.copy_((2 * torch.rand(p.shape, generator=generator) - 1) * bound)
+            elif ".norm" in name or name.startswith("norm"):
+                p.copy_(torch.rand(p.shape, generator=generator) + 0.5 if name.endswith("weight")
+                        else 0.2 * torch.randn(p.shape, generator=generator))
+            else:
+                p.copy_(0.2 * torch.randn(p.shape, generator=generator))
+
+
+def padding_mask(lengths):
+    """[batch, max(lengths)], additive: -inf at the positions past each length."""
+    positions = torch.arange(max(lengths))
+    return torch.stack([torch.where(positions < n, 0.0, float("-inf")) for n in lengths])
+
+
+def transformer_masks(name, generator):
+    if name == "transformer_encoder":
+        n = max(ENCODER_LENGTHS)
+        return {"mask.src_mask": 0.5 * torch.randn((n, n), generator=generator),
+                "mask.src_key_padding_mask": padding_mask(ENCODER_LENGTHS)}
+    return {"mask.tgt_mask": nn.Transformer.generate_square_subsequent_mask(max(TGT_LENGTHS)),
+            "mask.src_key_padding_mask": padding_mask(SRC_LENGTHS),
+            "mask.tgt_key_padding_mask": padding_mask(TGT_LENGTHS),
+            "mask.memory_key_padding_mask": padding_mask(SRC_LENGTHS)}
+
+
+def forward(model, inputs, data):
+    """The model's output for `inputs`, with the masks of `data` (the key
+    padding masks as bool: see the top of this file)."""
+    masks = {k[len("mask."):]: v for k, v in data.items() if k.startswith("mask.")}
+    for k in masks:
+        if k.endswith("key_padding_mask"):
+            masks[k] = masks[k] == float("-inf")
+    if isinstance(model, nn.Transformer):
+        return model(inputs["src"], inputs["tgt"], **masks)
+    if isinstance(model, TransformerEncoder):
+        return model(inputs["input"], mask=masks.get("src_mask"),
+                     src_key_padding_mask=masks.get("src_key_padding_mask"))
+    return model(inputs["input"])
+
+
+def run(model, data, mode, gamma=GAMMA):
+    """One step of the fixture protocol: forward on the inputs in `mode`, the
     loss, backward. Returns the expected values under their file names."""
     model = copy.deepcopy(model)
-    if mode is not None:
+    if mode in ("train", "eval"):
         model.train(mode == "train")
+    elif mode is not None:  # the transformers: dropout 0, eval mode either way
+        model.eval()
+        model.gamma = gamma if mode == "momentum" else None
     prefix = "" if mode is None else mode + "."
-    x = data["input"].clone().requires_grad_(True)
-    output = model(x)
+    inputs = {k: data[k].clone().requires_grad_(True) for k in ("input", "src", "tgt") if k in data}
+    output = forward(model, inputs, data)
     if "labels" in data:
         loss = F.cross_entropy(output, data["labels"])
     else:
         loss = (output * data["loss_weight"]).sum()
     loss.backward()
-    values = {prefix + "output": output.detach(), prefix + "loss": loss.detach(), prefix + "grad.input": x.grad}
+    values = {prefix + "output": output.detach(), prefix + "loss": loss.detach()}
+    for name, x in inputs.items():
+        values[prefix + "grad." + name] = x.grad
     for name, p in model.named_parameters():
         values[prefix + "grad." + name] = p.grad
     if mode == "train":
@@ -217,16 +353,29 @@ def make(outdir):
     torch.set_num_threads(1)
     outdir = pathlib.Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
-    for seed, (name, (build, input_shape, loss, modes)) in enumerate(MODELS.items()):
+    for seed, (name, (build, shapes, loss, modes)) in enumerate(MODELS.items()):
         torch.manual_seed(100 + seed)
         generator = torch.Generator().manual_seed(200 + seed)
         model = build()
         randomise_batch_norms(model, generator)
-        data = {"input": torch.randn(input_shape, generator=generator)}
+        if name in TRANSFORMER_METADATA:
+            randomise_transformer(model, generator)
+        data = {k: torch.randn(shape, generator=generator) for k, shape in shapes.items() if k != "loss_weight"}
+        if name in TRANSFORMER_METADATA:
+            data.update(transformer_masks(name, generator))
         if "labels" in loss:
-            data["labels"] = torch.randint(0, 10, (input_shape[0],), generator=generator)
+            data["labels"] = torch.randint(0, 10, (shapes["input"][0],), generator=generator)
         else:
-            data["loss_weight"] = torch.randn(input_shape, generator=generator)
+            data["loss_weight"] = torch.randn(shapes["loss_weight"], generator=generator)
+        if name in TRANSFORMER_METADATA:
+            # R takes the signs of the plain output: the loss is a sum of
+            # positive terms, not a small difference of large ones whose
+            # float32 rounding would be many times the 1e-5 asked of it.
+            # (With gradients on, as in run(): without, PyTorch takes its
+            # nested-tensor fast path, another computation.)
+            output = forward(copy.deepcopy(model).eval(), data, data).detach()
+            assert (output != 0).all()
+            data["loss_weight"] = data["loss_weight"].abs() * torch.sign(output)
         tensors = {k: v.detach().clone() for k, v in model.state_dict().items()}
         assert not any(is_data(k) for k in tensors), "a state_dict name collides with a fixture name"
         tensors.update(data)
@@ -242,6 +391,8 @@ def make(outdir):
         }
         if name == "mlp_momentum":
             metadata["gamma"] = repr(GAMMA)
+        for key, value in TRANSFORMER_METADATA.get(name, {}).items():
+            metadata[key] = value if isinstance(value, str) else json.dumps(value)
         path = outdir / f"torch_{name}.safetensors"
         write_safetensors(path, tensors, metadata)
         print(f"wrote {path}: {len(tensors)} tensors, {path.stat().st_size} bytes")
@@ -271,22 +422,24 @@ def check(path, name):
     build, _, _, modes = MODELS[name]
     state = {k: v for k, v in tensors.items() if not is_data(k)}
     models = {}
+    gamma = float(metadata["gamma"]) if metadata.get("gamma") else GAMMA
     for dtype in (torch.float32, torch.float64):
         model = build().to(dtype)
-        if name == "mlp_momentum" and metadata.get("gamma"):
-            model.gamma = float(metadata["gamma"])
+        if name == "mlp_momentum":
+            model.gamma = gamma
         model.load_state_dict(state, strict=True)  # raises on any missing or unexpected key
         models[dtype] = model
     print(f"{path}: strict load_state_dict of {len(state)} entries into {name} OK (metadata: {metadata})")
-    data = {k: tensors[k] for k in ("input", "labels", "loss_weight") if k in tensors}
+    data = {k: v for k, v in tensors.items()
+            if k in ("input", "src", "tgt", "labels", "loss_weight") or k.startswith("mask.")}
     data64 = {k: v.double() if v.is_floating_point() else v for k, v in data.items()}
     worst, worst64, failed, conditioned, compared = 0.0, 0.0, [], [], 0
     for mode in modes:
         prefix = "" if mode is None else mode + "."
         if prefix + "output" not in tensors:
             continue
-        reference64 = run(models[torch.float64], data64, mode)
-        for key, value in run(models[torch.float32], data, mode).items():
+        reference64 = run(models[torch.float64], data64, mode, gamma)
+        for key, value in run(models[torch.float32], data, mode, gamma).items():
             if key not in tensors:
                 failed.append(f"{key}: missing from the file")
                 continue

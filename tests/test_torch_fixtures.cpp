@@ -6,6 +6,9 @@
 // the step and must agree with every tensor to max |momnet - torch| /
 // max |torch| <= 1e-5: float32 on both sides, differing only in summation
 // orders (and, in the momentum stacks, momnet's fixed-point state).
+// The Transformer fixtures (an nn.TransformerEncoder and an nn.Transformer
+// with attention and key padding masks) hold the masks as momnet takes them,
+// additive float masks, and a Momentum encoder computed by PyTorch's own loop.
 //
 // The reverse direction: with MOMNET_WRITE_TORCH_CHECK=DIR in the
 // environment, the last test also writes models initialised by momnet, with
@@ -17,8 +20,10 @@
 #if __has_include(<nlohmann/json.hpp>)  // momnet::io is optional (tests/CMakeLists.txt)
 
 #include <momnet/io/state_dict.hpp>
+#include <nlohmann/json.hpp>
 #include <momnet/momnet.hpp>
 #include <momnet/models/resnet.hpp>
+#include <momnet/models/transformer.hpp>
 
 #include <algorithm>
 #include <cmath>
@@ -53,16 +58,20 @@ std::string fixture_path(const std::string& model) {
 // The fixture's own entries, as opposed to the model's state_dict names
 // (the same rule as is_data in scripts/torch_reference.py).
 bool is_data(const std::string& name) {
-  for (const char* whole : {"input", "labels", "loss_weight", "output", "loss"}) {
+  for (const char* whole : {"input", "src", "tgt", "labels", "loss_weight", "output", "loss"}) {
     if (name == whole) return true;
   }
-  for (const char* prefix : {"grad.", "train.", "eval."}) {
+  for (const char* prefix : {"grad.", "train.", "eval.", "plain.", "momentum.", "mask."}) {
     if (name.rfind(prefix, 0) == 0) return true;
   }
   return false;
 }
 
-bool is_input(const std::string& name) { return name == "input" || name == "labels" || name == "loss_weight"; }
+// What a step reads (inputs, masks, the loss's weights), as opposed to what it computes.
+bool is_input(const std::string& name) {
+  return name == "input" || name == "src" || name == "tgt" || name == "labels" || name == "loss_weight" ||
+         name.rfind("mask.", 0) == 0;
+}
 
 struct Fixture {
   Values data;
@@ -72,6 +81,10 @@ struct Fixture {
     const auto it = data.reals.find(name);
     if (it == data.reals.end()) throw std::out_of_range("fixture has no real tensor '" + name + "'");
     return it->second;
+  }
+  // A metadata entry holding a JSON list of integers ("[6, 4]").
+  std::vector<Eigen::Index> indices(const std::string& key) const {
+    return nlohmann::json::parse(metadata.at(key)).get<std::vector<Eigen::Index>>();
   }
   std::vector<int> labels() const {
     const auto it = data.integers.find("labels");
@@ -109,14 +122,16 @@ Tensor<float> copy_of(const float* values, const Shape& shape) {
   return t;
 }
 
-// Output, loss, gradients (of the input and every parameter) of the step
+// Output, loss, gradients (of the inputs and every parameter) of the step
 // just taken on `tape`, named as the fixtures name them after `prefix`.
 template <class Model>
-void collect(Model& model, const Var<float>& input, const Var<float>& output, const Var<float>& loss,
-             const std::string& prefix, Values& out) {
+void collect(Model& model, const std::vector<std::pair<std::string, Var<float>>>& inputs, const Var<float>& output,
+             const Var<float>& loss, const std::string& prefix, Values& out) {
   out.reals.emplace(prefix + "output", copy_of(output.data(), output.shape()));
   out.reals.emplace(prefix + "loss", copy_of(loss.data(), loss.shape()));
-  out.reals.emplace(prefix + "grad.input", copy_of(input.grad().data(), input.shape()));
+  for (const auto& [name, input] : inputs) {
+    out.reals.emplace(prefix + "grad." + name, copy_of(input.grad().data(), input.shape()));
+  }
   for (auto& [name, p] : named_parameters(model)) {
     out.reals.emplace(prefix + "grad." + name, copy_of(p->grad_data(), p->shape()));
   }
@@ -144,7 +159,7 @@ Values run_mlp(Model& model, const Tensor<float>& input, const Tensor<float>& lo
   const Var<float> loss = sum(mul(output, tape.constant(loss_weight)));
   tape.backward(loss);
   Values values;
-  collect(model, x, output, loss, "", values);
+  collect(model, {{"input", x}}, output, loss, "", values);
   return values;
 }
 
@@ -161,9 +176,90 @@ Values run_resnet(Sequential<float>& net, const Tensor<float>& input, const std:
   const Var<float> loss = cross_entropy(output, labels);
   tape.backward(loss);
   Values values;
-  collect(net, x, output, loss, mode + ".", values);
+  collect(net, {{"input", x}}, output, loss, mode + ".", values);
   if (mode == "train") collect_buffers(net, "train.after.", values);
   return values;
+}
+
+const Tensor<float>& real(const Values& values, const std::string& name) {
+  const auto it = values.reals.find(name);
+  if (it == values.reals.end()) throw std::out_of_range("no real tensor '" + name + "'");
+  return it->second;
+}
+
+// The masks of `values` (inputs of a step), as tape constants; absent ones empty.
+Var<float> mask(Tape<float>& tape, const Values& values, const std::string& name) {
+  const auto it = values.reals.find("mask." + name);
+  return it == values.reals.end() ? Var<float>() : tape.constant(it->second);
+}
+
+// One step of the encoder fixture (plain or Momentum encoder): loss =
+// sum(output * loss_weight), masks src_mask and src_key_padding_mask.
+template <class Encoder>
+Values run_encoder(Encoder& encoder, const Values& data, const std::string& prefix) {
+  set_training(encoder, false);  // dropout 0: the same in either mode, as PyTorch's eval
+  zero_grad(encoder);
+  Tape<float> tape;
+  const Var<float> x = tape.variable(real(data, "input"));
+  const Var<float> output = encoder(tape, x, mask(tape, data, "src_mask"), mask(tape, data, "src_key_padding_mask"));
+  const Var<float> loss = sum(mul(output, tape.constant(real(data, "loss_weight"))));
+  tape.backward(loss);
+  Values values;
+  collect(encoder, {{"input", x}}, output, loss, prefix, values);
+  return values;
+}
+
+// One step of the Transformer fixture: loss = sum(output * loss_weight),
+// every mask the data holds.
+template <class Model>
+Values run_transformer(Model& model, const Values& data, const std::string& prefix) {
+  set_training(model, false);
+  zero_grad(model);
+  Tape<float> tape;
+  const Var<float> src = tape.variable(real(data, "src"));
+  const Var<float> tgt = tape.variable(real(data, "tgt"));
+  TransformerMasks<float> masks;
+  masks.src_mask = mask(tape, data, "src_mask");
+  masks.tgt_mask = mask(tape, data, "tgt_mask");
+  masks.memory_mask = mask(tape, data, "memory_mask");
+  masks.src_key_padding_mask = mask(tape, data, "src_key_padding_mask");
+  masks.tgt_key_padding_mask = mask(tape, data, "tgt_key_padding_mask");
+  masks.memory_key_padding_mask = mask(tape, data, "memory_key_padding_mask");
+  const Var<float> output = model(tape, src, tgt, masks);
+  const Var<float> loss = sum(mul(output, tape.constant(real(data, "loss_weight"))));
+  tape.backward(loss);
+  Values values;
+  collect(model, {{"src", src}, {"tgt", tgt}}, output, loss, prefix, values);
+  return values;
+}
+
+// The fixtures' Transformers (scripts/torch_reference.py, whose metadata the
+// tests check against these): d_model 16, feed-forward 32, dropout 0.
+constexpr Eigen::Index transformer_width = 16;
+
+// nn.TransformerEncoder of 2 pre-norm gelu layers with 4 heads, and a final norm.
+TransformerEncoder<float> torch_encoder(std::uint64_t seed) {
+  Rng rng(seed);
+  TransformerLayerOptions options;
+  options.dim_feedforward = 32;
+  options.dropout = 0.0;
+  options.activation = TransformerActivation::gelu;
+  options.norm_first = true;
+  const TransformerEncoderLayer<float> layer(transformer_width, 4, rng, options);
+  return TransformerEncoder<float>(layer, 2, LayerNorm<float>(transformer_width));
+}
+
+// nn.Transformer: 2 post-norm relu encoder and decoder layers with 2 heads.
+Transformer<float> torch_transformer(std::uint64_t seed) {
+  Rng rng(seed);
+  TransformerOptions options;
+  options.d_model = transformer_width;
+  options.nhead = 2;
+  options.num_encoder_layers = 2;
+  options.num_decoder_layers = 2;
+  options.dim_feedforward = 32;
+  options.dropout = 0.0;
+  return Transformer<float>(options, rng);
 }
 
 // max |a - b| / max |b|, b being PyTorch's.
@@ -304,6 +400,94 @@ TEST_CASE("to_momentum keeps torchvision's names: the converted ResNets load the
   }
 }
 
+// The masks of a fixture are the ones momnet's builders make (the random
+// src_mask aside): PyTorch's and momnet's conventions agree.
+TEST_CASE("The Transformer fixtures' masks are momnet's causal and key padding masks", "[torch][transformer]") {
+  TransformerEncoder<float> encoder = torch_encoder(1);
+  const Fixture e = load_fixture(encoder, fixture_path("transformer_encoder"));
+  const std::vector<Eigen::Index> lengths = e.indices("src_lengths");
+  CHECK(lengths == std::vector<Eigen::Index>{6, 4});
+  CHECK((key_padding_mask<float>(lengths, 6).array() == e.real("mask.src_key_padding_mask").array()).all());
+  CHECK(e.real("mask.src_mask").array().isFinite().all());
+
+  Transformer<float> transformer = torch_transformer(2);
+  const Fixture t = load_fixture(transformer, fixture_path("transformer"));
+  const std::vector<Eigen::Index> src = t.indices("src_lengths"), tgt = t.indices("tgt_lengths");
+  CHECK((causal_mask<float>(4).array() == t.real("mask.tgt_mask").array()).all());
+  CHECK((Transformer<float>::generate_square_subsequent_mask(4).array() == t.real("mask.tgt_mask").array()).all());
+  CHECK((key_padding_mask<float>(src, 5).array() == t.real("mask.src_key_padding_mask").array()).all());
+  CHECK((key_padding_mask<float>(src, 5).array() == t.real("mask.memory_key_padding_mask").array()).all());
+  CHECK((key_padding_mask<float>(tgt, 4).array() == t.real("mask.tgt_key_padding_mask").array()).all());
+  // Some key of every sequence is masked: the masks change the answer.
+  CHECK(src != std::vector<Eigen::Index>{5, 5});
+  CHECK(tgt != std::vector<Eigen::Index>{4, 4});
+}
+
+TEST_CASE("A pre-norm gelu TransformerEncoder with masks agrees with nn.TransformerEncoder", "[torch][transformer]") {
+  TransformerEncoder<float> encoder = torch_encoder(3);
+  const Fixture fixture = load_fixture(encoder, fixture_path("transformer_encoder"));
+  // The architecture PyTorch ran is the one built here.
+  CHECK(fixture.metadata.at("nhead") == "4");
+  CHECK(fixture.metadata.at("num_layers") == "2");
+  CHECK(fixture.metadata.at("activation") == "gelu");
+  CHECK(fixture.metadata.at("norm_first") == "true");
+  CHECK(fixture.metadata.at("final_norm") == "true");
+  compare(run_encoder(encoder, fixture.data, "plain."), fixture, "plain.");
+
+  // At gamma 0 (stored mode) the Momentum encoder is the plain one, up to
+  // its fixed-point state: PyTorch's plain values again.
+  MomentumOptions stored;
+  stored.mode = BackwardMode::stored;
+  TransformerEncoder<float, MomentumResidual> gamma0 = to_momentum(torch_encoder(4), 0.0, stored);
+  const Fixture same = load_fixture(gamma0, fixture_path("transformer_encoder"));
+  compare(run_encoder(gamma0, same.data, "plain."), same, "plain.");
+}
+
+TEST_CASE("The Momentum TransformerEncoder agrees with PyTorch's momentum loop over the layers, exact and stored",
+          "[torch][transformer][momentum]") {
+  for (const BackwardMode mode : {BackwardMode::exact, BackwardMode::stored}) {
+    INFO("mode " << to_string(mode));
+    MomentumOptions options;
+    options.mode = mode;
+    TransformerEncoder<float, MomentumResidual> encoder = to_momentum(torch_encoder(5), 0.9, options);
+    const Fixture fixture = load_fixture(encoder, fixture_path("transformer_encoder"));
+    // PyTorch ran with the gamma momnet uses: 0.9 rounded to p / 2^16.
+    REQUIRE(std::stod(fixture.metadata.at("gamma")) == encoder.layers().gamma().value());
+    compare(run_encoder(encoder, fixture.data, "momentum."), fixture, "momentum.");
+  }
+}
+
+TEST_CASE("A post-norm Transformer with a causal mask and key padding masks agrees with nn.Transformer",
+          "[torch][transformer]") {
+  Transformer<float> transformer = torch_transformer(6);
+  const Fixture fixture = load_fixture(transformer, fixture_path("transformer"));
+  CHECK(fixture.metadata.at("nhead") == "2");
+  CHECK(fixture.metadata.at("num_encoder_layers") == "2");
+  CHECK(fixture.metadata.at("num_decoder_layers") == "2");
+  CHECK(fixture.metadata.at("activation") == "relu");
+  CHECK(fixture.metadata.at("norm_first") == "false");
+  compare(run_transformer(transformer, fixture.data, "plain."), fixture, "plain.");
+
+  // to_momentum keeps nn.Transformer's names: the converted model loads the
+  // same file, and at gamma 0 (stored) computes PyTorch's values, the
+  // decoder's memory gradient included (grad.src).
+  MomentumOptions stored;
+  stored.mode = BackwardMode::stored;
+  Transformer<float, MomentumResidual> gamma0 = to_momentum(torch_transformer(7), 0.0, stored);
+  const Fixture same = load_fixture(gamma0, fixture_path("transformer"));
+  compare(run_transformer(gamma0, same.data, "plain."), same, "plain.");
+
+  // At gamma 0.9, exact: no PyTorch reference, but the same file loads and
+  // the step runs to finite values.
+  Transformer<float, MomentumResidual> momentum = to_momentum(torch_transformer(8), 0.9);
+  const Fixture again = load_fixture(momentum, fixture_path("transformer"));
+  const Values step = run_transformer(momentum, again.data, "momentum.");
+  for (const auto& [name, t] : step.reals) {
+    INFO(name);
+    CHECK(t.array().isFinite().all());
+  }
+}
+
 namespace {
 
 // A file for `torch_reference.py check`: `state` (the model before any
@@ -374,6 +558,21 @@ void randomise_batch_norms(Sequential<float>& net, Rng& rng) {
   }
 }
 
+// The rank-1 parameters (biases, norms) away from momnet's 0 and 1 starts,
+// so that PyTorch reading them matters.
+template <class Model>
+void randomise_vectors(Model& model, Rng& rng) {
+  for (auto& [name, p] : named_parameters(model)) {
+    if (p->shape().rank() != 1) continue;
+    const std::string weight = ".weight";
+    const bool norm_weight = name.find("norm") != std::string::npos && name.size() > weight.size() &&
+                             name.compare(name.size() - weight.size(), weight.size(), weight) == 0;
+    for (Eigen::Index i = 0; i < p->size(); ++i) {
+      p->value_data()[i] = static_cast<float>(norm_weight ? rng.uniform(0.5, 1.5) : 0.2 * rng.normal());
+    }
+  }
+}
+
 }  // namespace
 
 TEST_CASE("momnet-initialised models go to PyTorch (MOMNET_WRITE_TORCH_CHECK=DIR writes them)", "[torch][io]") {
@@ -409,6 +608,39 @@ TEST_CASE("momnet-initialised models go to PyTorch (MOMNET_WRITE_TORCH_CHECK=DIR
       steps.push_back(run_resnet(copy, inputs.reals.at("input"), label_list, mode));
     }
     write_check_file(path(model), state, inputs, steps, {{"model", model}});
+  }
+  {
+    TransformerEncoder<float> encoder = torch_encoder(7);
+    randomise_vectors(encoder, rng);
+    Values inputs;
+    inputs.reals.emplace("input", random_tensor(Shape{2, 6, transformer_width}, rng));
+    inputs.reals.emplace("loss_weight", random_tensor(Shape{2, 6, transformer_width}, rng));
+    Tensor<float> src_mask = random_tensor(Shape{6, 6}, rng);
+    src_mask.array() *= 0.5f;
+    inputs.reals.emplace("mask.src_mask", src_mask);
+    inputs.reals.emplace("mask.src_key_padding_mask", key_padding_mask<float>({6, 3}, 6));
+    const Values state = state_copy(encoder);
+    TransformerEncoder<float, MomentumResidual> momentum = to_momentum(encoder, 0.9);
+    const Values plain_step = run_encoder(encoder, inputs, "plain.");
+    const Values momentum_step = run_encoder(momentum, inputs, "momentum.");
+    write_check_file(path("transformer_encoder"), state, inputs, {plain_step, momentum_step},
+                     {{"model", "transformer_encoder"},
+                      {"gamma", exact_decimal(momentum.layers().gamma().value())}});
+  }
+  {
+    Transformer<float> transformer = torch_transformer(8);
+    randomise_vectors(transformer, rng);
+    Values inputs;
+    inputs.reals.emplace("src", random_tensor(Shape{2, 5, transformer_width}, rng));
+    inputs.reals.emplace("tgt", random_tensor(Shape{2, 4, transformer_width}, rng));
+    inputs.reals.emplace("loss_weight", random_tensor(Shape{2, 4, transformer_width}, rng));
+    inputs.reals.emplace("mask.tgt_mask", causal_mask<float>(4));
+    inputs.reals.emplace("mask.src_key_padding_mask", key_padding_mask<float>({4, 5}, 5));
+    inputs.reals.emplace("mask.tgt_key_padding_mask", key_padding_mask<float>({2, 4}, 4));
+    inputs.reals.emplace("mask.memory_key_padding_mask", key_padding_mask<float>({4, 5}, 5));
+    const Values state = state_copy(transformer);
+    write_check_file(path("transformer"), state, inputs, {run_transformer(transformer, inputs, "plain.")},
+                     {{"model", "transformer"}});
   }
   if (directory != nullptr) WARN("wrote momnet_*.safetensors to " << directory);
 }
