@@ -233,7 +233,7 @@ Outcome resumes_bitwise(BackwardMode mode, Schedule schedule, int k, int m, Sabo
   train(model, optimizer, scheduler.get(), data, k);
   {
     TrainingCheckpoint checkpoint(model, optimizer);
-    checkpoint.rng("data", data).counter("model.1", stack_of<T, Block>(model));
+    checkpoint.rng("data", data);  // the stack's step count is found by the constructor
     if (scheduler) checkpoint.scheduler(*scheduler);
     checkpoint.save(path.str(), k, {{"run", "test"}});
   }
@@ -249,7 +249,6 @@ Outcome resumes_bitwise(BackwardMode mode, Schedule schedule, int k, int m, Sabo
   REQUIRE(snapshot<T, Block>(resumed, resumed_optimizer, resumed_data) != at_save);
   TrainingCheckpoint checkpoint(resumed, resumed_optimizer);
   checkpoint.rng("data", resumed_data);
-  checkpoint.counter("model.1", stack_of<T, Block>(resumed));
   if (resumed_scheduler) checkpoint.scheduler(*resumed_scheduler);
   CHECK(checkpoint.load(path.str()) == k);
   if (sabotage == Sabotage::none) CHECK(snapshot<T, Block>(resumed, resumed_optimizer, resumed_data) == at_save);
@@ -418,7 +417,7 @@ struct Run {
 
   TrainingCheckpoint<Sequential<float>, momnet::Adam<float>> checkpoint() {
     TrainingCheckpoint<Sequential<float>, momnet::Adam<float>> c(model, adam);
-    c.scheduler(scheduler).rng("data", data).counter("model.1", stack_of<float, momnet::MLPBlock<float>>(model));
+    c.scheduler(scheduler).rng("data", data);
     return c;
   }
   Bytes state() {
@@ -472,6 +471,58 @@ void rewrite(const std::string& path, const std::vector<std::string>& drop,
 
 }  // namespace
 
+TEST_CASE("Every step count in the model is saved under its path and restored, whatever the nesting",
+          "[io][checkpoint]") {
+  TempPath path;
+  Rng rng(4);
+  // A stage as the ResNet builder makes it: a Sequential whose stack is added
+  // under the empty name (sharing the Sequential's path), a dropout layer,
+  // and a nested Sequential.
+  Sequential<float> stage;
+  stage.add("0", momnet::Linear<float>(3, 3, rng));
+  stage.add("", momnet::Residual<momnet::MLPBlock<float>>(momnet::MLPBlock<float>(3, 4, rng), 2,
+                                                           momnet::ResidualOptions{true, 0, 1}));
+  Sequential<float> model;
+  model.add("stage", stage);
+  model.add("drop", momnet::Dropout<float>(0.5, 7));
+  Sequential<float> head;
+  head.add(momnet::Linear<float>(3, 2, rng));
+  model.add("head", head);
+  momnet::SGD<float> sgd(momnet::parameters_of(model), sgd_options());
+
+  TrainingCheckpoint checkpoint(model, sgd);
+  checkpoint.save(path.str(), 0);
+  const momnet::SafetensorsFile file(path.str());
+  std::vector<std::string> counters;
+  for (const auto& e : file.entries()) {
+    if (e.name.rfind("counters.", 0) == 0) counters.push_back(e.name);
+  }
+  std::sort(counters.begin(), counters.end());
+  CHECK(counters == std::vector<std::string>{"counters.model", "counters.model.drop", "counters.model.head",
+                                             "counters.model.stage", "counters.model.stage#2"});
+
+  // Counts moved by training come back on a fresh model.
+  model.set_step(5);
+  model.get<Sequential<float>>(0).set_step(6);
+  model.get<Sequential<float>>(0).get<momnet::Residual<momnet::MLPBlock<float>>>(1).set_step(7);
+  model.get<momnet::Dropout<float>>(1).set_step(8);
+  model.get<Sequential<float>>(2).set_step(9);
+  TrainingCheckpoint(model, sgd).save(path.str(), 3);
+  Sequential<float> fresh = model;
+  fresh.set_step(0);
+  fresh.get<Sequential<float>>(0).set_step(0);
+  fresh.get<Sequential<float>>(0).get<momnet::Residual<momnet::MLPBlock<float>>>(1).set_step(0);
+  fresh.get<momnet::Dropout<float>>(1).set_step(0);
+  fresh.get<Sequential<float>>(2).set_step(0);
+  momnet::SGD<float> fresh_sgd(momnet::parameters_of(fresh), sgd_options());
+  CHECK(TrainingCheckpoint(fresh, fresh_sgd).load(path.str()) == 3);
+  CHECK(fresh.step() == 5);
+  CHECK(fresh.get<Sequential<float>>(0).step() == 6);
+  CHECK(fresh.get<Sequential<float>>(0).get<momnet::Residual<momnet::MLPBlock<float>>>(1).step() == 7);
+  CHECK(fresh.get<momnet::Dropout<float>>(1).step() == 8);
+  CHECK(fresh.get<Sequential<float>>(2).step() == 9);
+}
+
 TEST_CASE("Loading refuses another optimiser, other options and another schedule, changing nothing",
           "[io][checkpoint][errors]") {
   TempPath path;
@@ -481,7 +532,7 @@ TEST_CASE("Loading refuses another optimiser, other options and another schedule
 
   SECTION("SGD or AdamW instead of Adam") {
     momnet::SGD<float> sgd(momnet::parameters_of(run.model), sgd_options());
-    REQUIRE_THROWS_EXACT(TrainingCheckpoint(run.model, sgd).counter("model.1", stack_of<float, momnet::MLPBlock<float>>(run.model)).load(path.str()),
+    REQUIRE_THROWS_EXACT(TrainingCheckpoint(run.model, sgd).load(path.str()),
                          CheckpointError, "'" + path.str() + "'",
                          "the optimizer is Adam in the checkpoint, SGD here",
                          "unexpected tensor(s): \"rng.data\", \"scheduler.base_lr\", \"scheduler.last_step\"");
@@ -519,7 +570,7 @@ TEST_CASE("Loading refuses another optimiser, other options and another schedule
   }
   SECTION("no scheduler, generator or counter given, or one more") {
     REQUIRE_THROWS_EXACT(momnet::load_checkpoint(path.str(), run.model, run.adam), CheckpointError,
-                         "unexpected tensor(s): \"counters.model.1\", \"rng.data\", \"scheduler.base_lr\", "
+                         "unexpected tensor(s): \"rng.data\", \"scheduler.base_lr\", "
                          "\"scheduler.last_step\" (saved with a scheduler, generator or counter not given here, "
                          "or another model?)");
     Rng other(4);
@@ -619,7 +670,10 @@ TEST_CASE("Saving checks its arguments", "[io][checkpoint][errors]") {
   REQUIRE_THROWS_EXACT(run.checkpoint().rng("data", other), std::invalid_argument,
                        "momnet::TrainingCheckpoint::rng: the name 'data' is taken already");
   REQUIRE_THROWS_EXACT(run.checkpoint().counter("model", run.model), std::invalid_argument,
-                       "momnet::TrainingCheckpoint::counter: the name 'model' is taken already");
+                       "momnet::TrainingCheckpoint::counter: the name 'model' is taken already",
+                       "registered by the constructor");
+  REQUIRE_THROWS_EXACT(run.checkpoint().counter("model.1", stack_of<float, momnet::MLPBlock<float>>(run.model)),
+                       std::invalid_argument, "the name 'model.1' is taken already");
   REQUIRE_THROWS_EXACT(run.checkpoint().rng("", other), std::invalid_argument, "the name must not be empty");
   momnet::Parameter<float> stray(Shape{2}, "stray");
   momnet::SGD<float> sgd({&stray}, momnet::SGDOptions{});

@@ -49,6 +49,14 @@ template <class M, class T>
 struct has_visit_state<M, T, std::void_t<decltype(std::declval<M&>().visit_state(std::declval<StateVisitor<T>&>()))>>
     : std::true_type {};
 
+// A module with a step count of its own (a stack, a Sequential, a dropout
+// layer): the count keys its random draws, so a resumed run must restore it.
+template <class M, class = void>
+struct has_step_counter : std::false_type {};
+template <class M>
+struct has_step_counter<M, std::void_t<decltype(std::declval<M&>().set_step(std::declval<const M&>().step()))>>
+    : std::true_type {};
+
 template <class M, class = void>
 struct has_set_training : std::false_type {};
 template <class M>
@@ -67,11 +75,18 @@ class StateVisitor {
   StateVisitor(ParameterFunction on_parameter, BufferFunction on_buffer)
       : on_parameter_(std::move(on_parameter)), on_buffer_(std::move(on_buffer)) {}
 
+  // Called with the path ("" for the root, "encoder.layers", ...) and a
+  // getter and setter of each step count the walk meets (see has_step_counter).
+  using CounterFunction = std::function<void(const std::string&, std::function<std::uint64_t()>,
+                                             std::function<void(std::uint64_t)>)>;
+
   // Also sets every module's mode as the walk enters it.
   void set_training_on_visit(bool training) noexcept {
     set_mode_ = true;
     training_ = training;
   }
+  // Also reports every module's step count.
+  void set_counter_function(CounterFunction on_counter) { on_counter_ = std::move(on_counter); }
 
   void parameter(const std::string& name, Parameter<T>& p) {
     if (on_parameter_) on_parameter_(prefix_ + name, p);
@@ -104,6 +119,13 @@ class StateVisitor {
     if constexpr (detail::has_set_training<Module>::value) {
       if (set_mode_) module.set_training(training_);
     }
+    if constexpr (detail::has_step_counter<Module>::value) {
+      if (on_counter_) {
+        const std::string path = prefix_.empty() ? prefix_ : prefix_.substr(0, prefix_.size() - 1);
+        on_counter_(path, [&module] { return static_cast<std::uint64_t>(module.step()); },
+                    [&module](std::uint64_t step) { module.set_step(step); });
+      }
+    }
     if constexpr (detail::has_visit_state<Module, T>::value) {
       module.visit_state(*this);
     } else {
@@ -119,6 +141,7 @@ class StateVisitor {
  private:
   ParameterFunction on_parameter_;
   BufferFunction on_buffer_;
+  CounterFunction on_counter_;
   std::string prefix_;
   bool set_mode_ = false;
   bool training_ = true;

@@ -4,7 +4,7 @@
 //   momnet::TrainingCheckpoint checkpoint(model, optimizer);   // SGD, Adam, AdamW
 //   checkpoint.scheduler(scheduler)             // optional: an LRScheduler of that optimiser
 //             .rng("data", data_rng)            // optional: any Rng the run draws from
-//             .counter("model.1", stack);       // optional: a nested stack's step count
+//             .counter("eval_dropout", dropout);  // optional: a step count outside the model
 //   checkpoint.save("run.safetensors", step);
 //   ...
 //   std::int64_t step = checkpoint.load("run.safetensors");   // on freshly built objects
@@ -23,8 +23,9 @@
 //                                           step, as in PyTorch
 //   scheduler.last_step, scheduler.base_lr  I64 [], F64 []: when a scheduler is given
 //   counters.<name>                         U64 []: step counts (dropout masks are keyed by
-//                                           them); "counters.model" is the model's own when it
-//                                           has step()/set_step() (Sequential, a stack)
+//                                           them): counters.model.<path> for every module in
+//                                           the model with step()/set_step() (the model itself
+//                                           is counters.model), and those given to counter()
 //   rng.<name>                              U64 []: an Rng's state
 //   training.step                           I64 []: the caller's training step
 //   metadata: momnet.checkpoint (format version), momnet.dtype, momnet.optimizer (SGD, Adam,
@@ -39,12 +40,10 @@
 // every problem is reported at once in a CheckpointError naming the file;
 // nothing changes then. A malformed or truncated file throws FormatError.
 //
-// Not saved: train/eval mode, the schedule itself (only its position: build
-// the same one), and the step counts of stacks and dropout layers nested
-// inside the model: visit_state does not reach them (module.hpp's visitor
-// sees parameters and buffers only), so register each with counter() under
-// its state_dict path ("model.1" for member 1 of a Sequential). A stack's
-// masks depend on its count: a resumed run that misses one draws other masks.
+// Not saved: train/eval mode and the schedule itself (only its position:
+// build the same one). Every step count inside the model is found by the
+// walk over its modules (module.hpp), so a resumed run draws the same
+// dropout masks as one never stopped.
 #pragma once
 
 #include <algorithm>
@@ -131,12 +130,6 @@ nlohmann::ordered_json optimizer_options(const Adam<T>& adam) {
   return j;
 }
 
-template <class M, class = void>
-struct has_step_counter : std::false_type {};
-template <class M>
-struct has_step_counter<M, std::void_t<decltype(std::declval<M&>().set_step(std::declval<const M&>().step()))>>
-    : std::true_type {};
-
 inline std::vector<std::int64_t> dims_of(const Shape& shape) {
   const std::vector<Eigen::Index> d = shape.dims();
   return std::vector<std::int64_t>(d.begin(), d.end());
@@ -155,9 +148,21 @@ class TrainingCheckpoint {
  public:
   using T = typename Model::Scalar;
 
-  // The model's state, and the model's own step count when it has one.
+  // The model's state and the step count of every module in it that has one
+  // (the model itself, its stacks, Sequentials and dropout layers), named by
+  // their paths: counters.model, counters.model.encoder.layers, ... A path
+  // met twice (a member added to a Sequential under the empty name shares
+  // the Sequential's path) gets "#2", "#3", ... in the walk's order.
   TrainingCheckpoint(Model& model, Optimizer& optimizer) : model_(&model), optimizer_(&optimizer) {
-    if constexpr (detail::has_step_counter<Model>::value) counter("model", model);
+    StateVisitor<T> walk(nullptr, nullptr);
+    walk.set_counter_function([this](const std::string& path, std::function<std::uint64_t()> get,
+                                     std::function<void(std::uint64_t)> set) {
+      const std::string base = path.empty() ? std::string("model") : "model." + path;
+      std::string name = base;
+      for (int repeat = 2; taken(name, counters_); ++repeat) name = base + "#" + std::to_string(repeat);
+      counters_.push_back({name, Counter{std::move(get), std::move(set)}});
+    });
+    walk.enter(model);
   }
 
   // Also the scheduler's position (it must drive this checkpoint's optimiser).
@@ -172,7 +177,8 @@ class TrainingCheckpoint {
     return *this;
   }
   // Also the step count of `module` (anything with step() and set_step(): a
-  // stack, a Sequential, a dropout layer), as counters.<name>.
+  // stack, a Sequential, a dropout layer) outside the model, as
+  // counters.<name>; the model's own are registered already.
   template <class Module>
   TrainingCheckpoint& counter(const std::string& name, Module& module) {
     static_assert(detail::has_step_counter<Module>::value,
@@ -456,11 +462,21 @@ class TrainingCheckpoint {
   };
 
   template <class Entry>
+  static bool taken(const std::string& name, const std::vector<std::pair<std::string, Entry>>& list) {
+    for (const auto& entry : list) {
+      if (entry.first == name) return true;
+    }
+    return false;
+  }
+  template <class Entry>
   static void check_name(const char* what, const std::string& name, const std::vector<std::pair<std::string, Entry>>& list) {
     const std::string who = std::string("momnet::TrainingCheckpoint::") + what;
     if (name.empty()) throw std::invalid_argument(who + ": the name must not be empty");
-    for (const auto& entry : list) {
-      if (entry.first == name) throw std::invalid_argument(who + ": the name '" + name + "' is taken already");
+    if (taken(name, list)) {
+      throw std::invalid_argument(who + ": the name '" + name + "' is taken already" +
+                                  (name.rfind("model", 0) == 0 ? " (the model's step counts are registered by the "
+                                                                 "constructor)"
+                                                               : ""));
     }
   }
 
