@@ -8,8 +8,11 @@
 set -euo pipefail
 
 # zlib and nlohmann-json: the optional momnet::data (gzip IDX files) and
-# momnet::io (safetensors) targets, which the tests cover.
-packages=(g++ cmake make libeigen3-dev catch2 libbenchmark-dev zlib1g-dev nlohmann-json3-dev)
+# momnet::io (safetensors) targets, which the tests cover; Open MPI: the
+# optional momnet::distributed (data-parallel training), whose tests run
+# under mpirun.
+packages=(g++ cmake make libeigen3-dev catch2 libbenchmark-dev zlib1g-dev nlohmann-json3-dev
+          libopenmpi-dev openmpi-bin)
 if [ "${1:-all}" != build ]; then
   packages+=(python3 python3-matplotlib dataset-fashion-mnist)
 fi
