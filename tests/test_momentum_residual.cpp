@@ -9,6 +9,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <optional>
 #include <vector>
 
 using namespace momnet;
@@ -132,6 +133,41 @@ TEST_CASE("Memory does not grow with depth, except for the bit store", "[momentu
   const std::size_t residual_20 = step_peak(resnet_20), residual_2000 = step_peak(resnet_2000);
   INFO("residual peak: depth 20 " << residual_20 << " B, depth 2000 " << residual_2000 << " B");
   CHECK(residual_2000 >= 50 * residual_20);
+}
+
+TEST_CASE("Training steps on one tape take no new memory after the first, in every mode", "[momentum][memory]") {
+  // The exact state (X, V, bit store) and its rebuilding copy are as large as
+  // the activations: taken from the system on every step they are
+  // page-faulted in anew (about a second per step for a conv stage at batch
+  // 128). They must come from the tape's reused memory instead.
+  const Eigen::Index batch = 64, dim = 16, hidden = 32;
+  const Mat<float> input = random_input<float>(batch, dim, 53);
+  const MLPBlock<float> block = mlp_blocks<float>(1, dim, hidden, 54)[0];
+  for (BackwardMode mode : {BackwardMode::exact, BackwardMode::stored}) {
+    for (bool with_gradients : {true, false}) {
+      INFO("mode " << to_string(mode) << (with_gradients ? ", training step" : ", no-grad forward"));
+      MomentumResidual<MLPBlock<float>> net(block, 30, options_for(0.9, mode));
+      SGD<float> sgd(parameters_of(net), {1e-3});
+      Tape<float> tape;
+      std::vector<std::size_t> counts;
+      for (int step = 0; step < 4; ++step) {
+        tape.clear();
+        sgd.zero_grad();
+        std::optional<Tape<float>::NoGradScope> no_grad;
+        if (!with_gradients) no_grad.emplace(tape);
+        const Var<float> out = net(tape, tape.constant(input));
+        if (with_gradients) {
+          tape.backward(mean(square(out)));
+          sgd.step();
+        }
+        counts.push_back(tape.memory().allocation_count());
+      }
+      INFO("allocations after each step: " << counts[0] << ", " << counts[1] << ", " << counts[2] << ", "
+                                           << counts[3]);
+      CHECK(counts[3] == counts[1]);
+      CHECK(counts[2] == counts[1]);
+    }
+  }
 }
 
 TEST_CASE("Init velocity: v_0 = g(x_0) receives gradients through its block", "[momentum]") {

@@ -98,58 +98,67 @@ class ExactMomentum {
   };
   using SpillStack = std::vector<Spill, CountingAllocator<Spill>>;
 
+  // Storage for the three word arrays (X, V and the hot store), each of
+  // elements() 64-bit words, that the caller provides and keeps alive: a
+  // tape's arena, whose memory serves the next training step again instead of
+  // being mapped and page-faulted in anew (tens of megabytes per step for
+  // image batches).
+  struct Words {
+    std::int64_t* x;
+    std::int64_t* v;
+    std::uint64_t* store;
+  };
+
+  // A state owning its words (counted by `counter`, as are the spills).
   ExactMomentum(Eigen::Index elements, const FixedPointFormat& format, const RationalGamma& gamma,
                 MemoryCounter& counter)
-      : elements_(checked_elements(elements)),
-        format_(format),
-        gamma_(gamma),
-        divider_(gamma.numerator() == 0 ? 1 : gamma.numerator()),
-        counter_(&counter),
-        x_(static_cast<std::size_t>(elements), &counter),
-        v_(static_cast<std::size_t>(elements), &counter),
-        store_(static_cast<std::size_t>(elements), &counter),
-        spills_(CountingAllocator<Spill>(counter)) {}
+      : ExactMomentum(elements, format, gamma, counter, nullptr) {}
+  // A state in `storage`; the spills still come from `counter`.
+  ExactMomentum(Eigen::Index elements, const FixedPointFormat& format, const RationalGamma& gamma,
+                MemoryCounter& counter, const Words& storage)
+      : ExactMomentum(elements, format, gamma, counter, &storage) {}
+  // Moves keep the words where they are; a copy would need storage of its own
+  // (rewinding_copy).
+  ExactMomentum(ExactMomentum&&) noexcept = default;
+  ExactMomentum& operator=(ExactMomentum&&) noexcept = default;
+  ExactMomentum(const ExactMomentum&) = delete;
+  ExactMomentum& operator=(const ExactMomentum&) = delete;
 
   // A copy of the state to run backwards, reading (never consuming) this
-  // state's spills, which must outlive the copy.
-  ExactMomentum rewinding_copy() const {
-    ExactMomentum copy(elements_, format_, gamma_, *counter_);
-    copy_words(copy.x_.data(), x_.data());
-    copy_words(copy.v_.data(), v_.data());
-    copy_words(copy.store_.data(), store_.data());
-    copy.spill_source_ = &spills_;
-    copy.spill_cursor_ = spills_.size();
-    return copy;
+  // state's spills, which must outlive the copy; in `storage` when given.
+  ExactMomentum rewinding_copy() const { return rewinding_copy_into(ExactMomentum(elements_, format_, gamma_, *counter_)); }
+  ExactMomentum rewinding_copy(const Words& storage) const {
+    return rewinding_copy_into(ExactMomentum(elements_, format_, gamma_, *counter_, storage));
   }
 
   Eigen::Index elements() const noexcept { return elements_; }
-  const std::int64_t* x() const noexcept { return x_.data(); }
-  const std::int64_t* v() const noexcept { return v_.data(); }
+  const std::int64_t* x() const noexcept { return x_; }
+  const std::int64_t* v() const noexcept { return v_; }
   std::size_t spill_count() const noexcept { return spills_.size(); }
   // Bytes held by the bit store: the hot words and every spilled array.
   std::size_t store_bytes() const noexcept {
-    std::size_t total = store_.bytes();
+    std::size_t total = elements_ == 0 ? 0 : round_up_to_alignment(bytes());
     for (const Spill& spill : spills_) total += spill.words.bytes();
     return total;
   }
 
   // X = round(x 2^F) and V = round(v 2^F) (or 0); an empty store.
   void load(const T* x, const T* v) {
-    to_fixed(x, x_.data(), "the input x");
+    to_fixed(x, x_, "the input x");
     if (v != nullptr) {
-      to_fixed(v, v_.data(), "the initial velocity");
+      to_fixed(v, v_, "the initial velocity");
     } else {
-      zero_words(v_.data());
+      zero_words(v_);
     }
-    zero_words(store_.data());
+    zero_words(store_);
     spills_.clear();
     spill_source_ = nullptr;
     spill_cursor_ = 0;
     spill_pending_ = false;
   }
 
-  void read_x(T* out) const { to_real(x_.data(), out); }
-  void read_v(T* out) const { to_real(v_.data(), out); }
+  void read_x(T* out) const { to_real(x_, out); }
+  void read_v(T* out) const { to_real(v_, out); }
 
   // One forward layer given f = f_n(x_n).
   void step(const T* f, std::size_t layer) {
@@ -161,9 +170,9 @@ class ExactMomentum {
     const std::int64_t signed_p = static_cast<std::int64_t>(p);
     const std::uint64_t spill_limit = spill_threshold();
     const double c = increment_scale();
-    std::int64_t* X = x_.data();
-    std::int64_t* V = v_.data();
-    std::uint64_t* S = store_.data();
+    std::int64_t* X = x_;
+    std::int64_t* V = v_;
+    std::uint64_t* S = store_;
     // Branch-free loop bodies with | instead of || so that they vectorise.
     // Flags are 64-bit words, not bools: GCC vectorises no bool reductions.
     std::uint64_t bad = 0, spill_next = 0;
@@ -200,8 +209,8 @@ class ExactMomentum {
   // First half of inverting layer n: X_n = X_{n+1} - V_{n+1}.
   void unstep_position(std::size_t layer) {
     const Eigen::Index n = elements_;  // a local: stores through pointers cannot change it
-    std::int64_t* X = x_.data();
-    const std::int64_t* V = v_.data();
+    std::int64_t* X = x_;
+    const std::int64_t* V = v_;
     std::uint64_t bad = 0;
     for (Eigen::Index i = 0; i < n; ++i) {
       const std::uint64_t x = static_cast<std::uint64_t>(X[i]) - static_cast<std::uint64_t>(V[i]);
@@ -225,8 +234,8 @@ class ExactMomentum {
     const std::uint64_t bias_quotient = ((std::uint64_t{1} << 62) + p - 1) / p;
     const std::uint64_t bias = bias_quotient * p;
     const double c = increment_scale();
-    std::int64_t* V = v_.data();
-    std::uint64_t* S = store_.data();
+    std::int64_t* V = v_;
+    std::uint64_t* S = store_;
     std::uint64_t bad = 0;
     for (Eigen::Index i = 0; i < n; ++i) {
       const double y = static_cast<double>(f[i]) * c;
@@ -263,10 +272,10 @@ class ExactMomentum {
   // Throws ReconstructionError unless this state is exactly (x, v) with an
   // empty store: the check that a backward pass rebuilt every layer exactly.
   void verify_rebuilt(const T* x, const T* v) const {
-    ExactMomentum expected(elements_, format_, gamma_, *counter_);
-    expected.load(x, v);
-    if (!equal_words(expected.x_.data(), x_.data())) throw_mismatch("x_0");
-    if (!equal_words(expected.v_.data(), v_.data())) throw_mismatch("v_0");
+    if (!matches_fixed(x, x_)) throw_mismatch("x_0");
+    if (v != nullptr ? !matches_fixed(v, v_) : !all_zero(reinterpret_cast<const std::uint64_t*>(v_))) {
+      throw_mismatch("v_0");
+    }
     verify_store_empty();
   }
 
@@ -279,7 +288,7 @@ class ExactMomentum {
   // Throws ReconstructionError unless every stored bit has been given back:
   // an inverse ran through every layer the forward ran, exactly.
   void verify_store_empty() const {
-    if (!all_zero(store_.data()) || spill_cursor_ != 0) throw_mismatch("the bit store");
+    if (!all_zero(store_) || spill_cursor_ != 0) throw_mismatch("the bit store");
   }
 
   double increment_scale() const noexcept { return gamma_.complement() * format_.scale(); }
@@ -298,7 +307,46 @@ class ExactMomentum {
 
   std::size_t bytes() const noexcept { return static_cast<std::size_t>(elements_) * 8; }
 
-  // memcpy, memset and memcmp of the state's words. A state of 0 elements has
+  ExactMomentum(Eigen::Index elements, const FixedPointFormat& format, const RationalGamma& gamma,
+                MemoryCounter& counter, const Words* storage)
+      : elements_(checked_elements(elements)),
+        format_(format),
+        gamma_(gamma),
+        divider_(gamma.numerator() == 0 ? 1 : gamma.numerator()),
+        counter_(&counter),
+        owned_x_(storage != nullptr ? 0 : static_cast<std::size_t>(elements_), &counter),
+        owned_v_(storage != nullptr ? 0 : static_cast<std::size_t>(elements_), &counter),
+        owned_store_(storage != nullptr ? 0 : static_cast<std::size_t>(elements_), &counter),
+        x_(storage != nullptr ? storage->x : owned_x_.data()),
+        v_(storage != nullptr ? storage->v : owned_v_.data()),
+        store_(storage != nullptr ? storage->store : owned_store_.data()),
+        spills_(CountingAllocator<Spill>(counter)) {}
+
+  ExactMomentum rewinding_copy_into(ExactMomentum copy) const {
+    copy_words(copy.x_, x_);
+    copy_words(copy.v_, v_);
+    copy_words(copy.store_, store_);
+    copy.spill_source_ = &spills_;
+    copy.spill_cursor_ = spills_.size();
+    return copy;
+  }
+
+  // Whether `real` converts to exactly the words `fixed` (as to_fixed would
+  // convert it), without storage of its own; a value to_fixed would refuse
+  // does not match.
+  bool matches_fixed(const T* real, const std::int64_t* fixed) const noexcept {
+    const Eigen::Index n = elements_;  // a local: stores through pointers cannot change it
+    const double scale = format_.scale();
+    std::uint64_t bad = 0;
+    for (Eigen::Index i = 0; i < n; ++i) {
+      const double y = static_cast<double>(real[i]) * scale;
+      const bool representable = below_fixed_point_limit(y);  // false for NaN and Inf, even under -ffast-math
+      bad |= std::uint64_t{!representable} | std::uint64_t{round_to_int(representable ? y : 0.0) != fixed[i]};
+    }
+    return bad == 0;
+  }
+
+  // memcpy and memset of the state's words. A state of 0 elements has
   // null buffers, which the C functions may not receive even for 0 bytes.
   template <class W>
   void copy_words(W* to, const W* from) const noexcept {
@@ -307,10 +355,6 @@ class ExactMomentum {
   template <class W>
   void zero_words(W* to) const noexcept {
     if (elements_ != 0) std::memset(to, 0, bytes());
-  }
-  template <class W>
-  bool equal_words(const W* a, const W* b) const noexcept {
-    return elements_ == 0 || std::memcmp(a, b, bytes()) == 0;
   }
 
   // A hot word at or above this could overflow the next layer's push: p 2^(64-k).
@@ -328,9 +372,9 @@ class ExactMomentum {
 
   void spill(std::size_t layer) {
     Spill entry{layer, Buffer<std::uint64_t>(static_cast<std::size_t>(elements_), counter_)};
-    copy_words(entry.words.data(), store_.data());
+    copy_words(entry.words.data(), store_);
     spills_.push_back(std::move(entry));  // before clearing: a throw leaves the store intact
-    zero_words(store_.data());
+    zero_words(store_);
     spill_cursor_ = spills_.size();
   }
 
@@ -376,12 +420,12 @@ class ExactMomentum {
     }
     const double resolution = format_.resolution();
     for (Eigen::Index i = 0; i < n; ++i) {
-      const bool v_bad = !fixed_in_range(static_cast<std::uint64_t>(v_.data()[i]));
-      if (v_bad || !fixed_in_range(static_cast<std::uint64_t>(x_.data()[i]))) {
+      const bool v_bad = !fixed_in_range(static_cast<std::uint64_t>(v_[i]));
+      if (v_bad || !fixed_in_range(static_cast<std::uint64_t>(x_[i]))) {
         message << (v_bad ? "the velocity" : "the activation") << " at element " << i
                 << " left the exact range +-" << format_.range() << " (fraction_bits "
                 << format_.fraction_bits() << ", value about "
-                << static_cast<double>(v_bad ? v_.data()[i] : x_.data()[i]) * resolution
+                << static_cast<double>(v_bad ? v_[i] : x_[i]) * resolution
                 << "); use fewer fraction bits or keep activations smaller";
         throw std::range_error(message.str());
       }
@@ -430,9 +474,12 @@ class ExactMomentum {
   RationalGamma gamma_;
   ConstantDivider divider_;
   MemoryCounter* counter_;
-  Buffer<std::int64_t> x_;
-  Buffer<std::int64_t> v_;
-  Buffer<std::uint64_t> store_;
+  Buffer<std::int64_t> owned_x_;  // empty when the caller provided the words
+  Buffer<std::int64_t> owned_v_;
+  Buffer<std::uint64_t> owned_store_;
+  std::int64_t* x_;
+  std::int64_t* v_;
+  std::uint64_t* store_;
   SpillStack spills_;
   const SpillStack* spill_source_ = nullptr;
   std::size_t spill_cursor_ = 0;

@@ -51,7 +51,9 @@
 #include <cstdlib>
 #include <functional>
 #include <iomanip>
+#include <limits>
 #include <memory>
+#include <optional>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -384,6 +386,37 @@ class MomentumResidual {
     return {xn, f};
   }
 
+  // Words for an exact state of `elements` values on the tape's arena.
+  static typename ExactMomentum<T>::Words arena_words(Tape<T>& tape, Eigen::Index elements) {
+    std::int64_t* x = tape.template allocate_as<std::int64_t>(elements);
+    std::int64_t* v = tape.template allocate_as<std::int64_t>(elements);
+    return {x, v, tape.template allocate_as<std::uint64_t>(elements)};
+  }
+
+  // Words for a state used only during one call, from the tape's gradient
+  // pool, which keeps them for the next call of the same size.
+  class ScratchWords {
+   public:
+    ScratchWords(Tape<T>& tape, Eigen::Index elements)
+        : x_(tape.scratch(count(elements))), v_(tape.scratch(count(elements))), store_(tape.scratch(count(elements))) {}
+    typename ExactMomentum<T>::Words words() const {
+      return {reinterpret_cast<std::int64_t*>(x_.data()), reinterpret_cast<std::int64_t*>(v_.data()),
+              reinterpret_cast<std::uint64_t*>(store_.data())};
+    }
+
+   private:
+    // Values of T that hold `elements` 64-bit words.
+    static Eigen::Index count(Eigen::Index elements) {
+      constexpr Eigen::Index per_word = (8 + sizeof(T) - 1) / sizeof(T);
+      if (elements > std::numeric_limits<Eigen::Index>::max() / per_word) {
+        throw std::length_error("momnet::MomentumResidual: " + std::to_string(elements) +
+                                " elements are too many for the exact state");
+      }
+      return elements * per_word;
+    }
+    typename Tape<T>::Scratch x_, v_, store_;
+  };
+
   // The state's x and v, read into new tape storage.
   static std::pair<T*, T*> read_out(Tape<T>& tape, const ExactMomentum<T>& state) {
     T* x = tape.allocate(state.elements());
@@ -396,7 +429,8 @@ class MomentumResidual {
   MomentumOutput<T> forward_without_gradients(Tape<T>& tape, const Var<T>& x, const Var<T>& velocity,
                                               const std::vector<Var<T>>& extras, const Call& call) {
     if (options_.mode == BackwardMode::float_inverse) return forward_float(tape, x, velocity, extras, call);
-    ExactMomentum<T> state(x.size(), format_, gamma_, tape.memory());
+    const ScratchWords words(tape, x.size());
+    ExactMomentum<T> state(x.size(), format_, gamma_, tape.memory(), words.words());
     state.load(x.data(), velocity.valid() ? velocity.data() : nullptr);
     run_exact_forward(tape, state, x.shape(), extras, call);
     auto [x_value, v_value] = read_out(tape, state);
@@ -489,7 +523,9 @@ class MomentumResidual {
   MomentumOutput<T> forward_exact(Tape<T>& tape, const Var<T>& x, const Var<T>& velocity,
                                   const std::vector<Var<T>>& extras, const Call& call) {
     const Shape shape = x.shape();
-    ExactMomentum<T> state(shape.size(), format_, gamma_, tape.memory());
+    // The state lives as long as the node: its words go on the tape's arena,
+    // released with the node and reused by the next step.
+    ExactMomentum<T> state(shape.size(), format_, gamma_, tape.memory(), arena_words(tape, shape.size()));
     state.load(x.data(), velocity.valid() ? velocity.data() : nullptr);
     run_exact_forward(tape, state, shape, extras, call);
     const std::size_t store_bytes = state.store_bytes(), spills = state.spill_count();
@@ -501,11 +537,12 @@ class MomentumResidual {
       MomentumResidual& net = live(self);
       check_watched(watched);
       check_threads(threads);
-      ExactMomentum<T> rebuilt = state.rewinding_copy();
+      // The copy's words live inside the sweep's scope on the arena.
+      std::optional<ExactMomentum<T>> rebuilt;
       net.reverse_sweep(
-          g, shape.size(), [] {},
-          [&](std::size_t n) { return net.rebuild_layer(g.tape(), rebuilt, n, shape, extras, call, true); },
-          [&] { rebuilt.verify_rebuilt(x.data(), velocity.valid() ? velocity.data() : nullptr); });
+          g, shape.size(), [&] { rebuilt.emplace(state.rewinding_copy(arena_words(g.tape(), shape.size()))); },
+          [&](std::size_t n) { return net.rebuild_layer(g.tape(), *rebuilt, n, shape, extras, call, true); },
+          [&] { rebuilt->verify_rebuilt(x.data(), velocity.valid() ? velocity.data() : nullptr); });
     };
     const auto [x_out, v_out] = tape.template record_op<2>(
         node_inputs(x, velocity, extras),
@@ -521,7 +558,8 @@ class MomentumResidual {
                                    const std::vector<Var<T>>& extras, const Call& call) {
     const Shape shape = x.shape();
     const Eigen::Index n_elements = shape.size();
-    ExactMomentum<T> state(n_elements, format_, gamma_, tape.memory());
+    const ScratchWords words(tape, n_elements);
+    ExactMomentum<T> state(n_elements, format_, gamma_, tape.memory(), words.words());
     state.load(x.data(), velocity.valid() ? velocity.data() : nullptr);
     auto [x_start, v_start] = read_out(tape, state);
     // The rounding to fixed point passes gradients straight through.
