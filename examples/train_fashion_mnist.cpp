@@ -12,14 +12,18 @@
 //       [--threads=1] [--subset=0] [--test-subset=0] [--data=DIR]
 //       [--csv=out/fashion_mnist.csv] [--plot]
 //       [--finetune [--finetune-epochs=2] [--finetune-lr=0.01]]
-//       [--smoke]
+//       [--gammas=0,0.3,0.6,0.9,0.99 [--seeds=1,2]] [--smoke]
 //
 // The recipe: SGD with Nesterov momentum 0.9, weight decay 5e-4 on every
 // parameter, one epoch of linear warm-up then cosine annealing per
 // iteration, batch 128, random crop (padding 2) and horizontal flip, inputs
 // normalised with the training set's mean and std. --finetune trains the
 // ResNet, converts it with to_momentum(gamma), and reports the accuracy right
-// after the conversion and after each fine-tuning epoch. --smoke writes tiny
+// after the conversion and after each fine-tuning epoch. --gammas trains one
+// Momentum ResNet per gamma (and per seed of --seeds, each seed its own
+// initialisation and data order) with the same recipe: the influence of the
+// momentum term (gamma = 0 has no exact inverse, so it runs the stored
+// backward; scripts/plot_gamma_sweep.py draws the CSV). --smoke writes tiny
 // synthetic IDX files and runs every path in seconds (ctest runs it).
 #include <momnet/momnet.hpp>
 #include <momnet/data/augment.hpp>
@@ -76,6 +80,8 @@ struct Settings {
   bool finetune = false;
   int finetune_epochs = 2;
   double finetune_lr = 0.01;
+  std::vector<double> gammas;        // a sweep over gamma when not empty
+  std::vector<std::uint64_t> seeds;  // the sweep's seeds (default: --seed)
   bool smoke = false;
 };
 
@@ -99,7 +105,8 @@ void usage() {
                "  [--width=16] [--gamma=0.9] [--backward=exact|stored] [--epochs=8] [--batch=128] [--lr=0.1]\n"
                "  [--weight-decay=5e-4] [--warmup=1] [--augment=yes|no] [--seed=1] [--threads=1]\n"
                "  [--subset=N] [--test-subset=N] [--data=DIR] [--csv=out/fashion_mnist.csv] [--plot]\n"
-               "  [--finetune [--finetune-epochs=2] [--finetune-lr=0.01]] [--smoke]\n";
+               "  [--finetune [--finetune-epochs=2] [--finetune-lr=0.01]]\n"
+               "  [--gammas=0,0.3,0.6,0.9,0.99 [--seeds=1,2]] [--smoke]\n";
 }
 
 Settings parse(int argc, char** argv) {
@@ -159,6 +166,14 @@ Settings parse(int argc, char** argv) {
       s.finetune_epochs = std::stoi(value);
     } else if (key == "--finetune-lr") {
       s.finetune_lr = std::stod(value);
+    } else if (key == "--gammas") {
+      s.gammas.clear();
+      for (const auto& g : split(value)) s.gammas.push_back(std::stod(g));
+      if (s.gammas.empty()) throw std::invalid_argument("--gammas: give at least one value");
+    } else if (key == "--seeds") {
+      s.seeds.clear();
+      for (const auto& seed : split(value)) s.seeds.push_back(std::stoull(seed));
+      if (s.seeds.empty()) throw std::invalid_argument("--seeds: give at least one value");
     } else if (key == "--smoke") {
       s.smoke = true;
     } else {
@@ -166,6 +181,8 @@ Settings parse(int argc, char** argv) {
       throw std::invalid_argument("unknown option " + arg);
     }
   }
+  if (!s.gammas.empty() && s.finetune) throw std::invalid_argument("--gammas and --finetune are separate runs");
+  if (s.seeds.empty()) s.seeds.push_back(s.seed);
   if (s.blocks.empty() || s.epochs < 0 || s.batch <= 0 || s.width <= 0 || s.threads <= 0) {
     throw std::invalid_argument("--blocks-per-stage, --width, --batch and --threads must be positive, --epochs >= 0");
   }
@@ -353,6 +370,7 @@ int main(int argc, char** argv) try {
     s.finetune_epochs = 1;
   }
   Eigen::setNbThreads(s.threads);
+  if (s.smoke && !s.gammas.empty()) s.epochs = 1;
 
   momnet::ImageDataset<T> train = data_dir.empty() ? momnet::load_fashion_mnist<T>(momnet::Split::train)
                                                    : momnet::load_fashion_mnist<T>(data_dir, momnet::Split::train);
@@ -386,10 +404,11 @@ int main(int argc, char** argv) try {
     std::filesystem::create_directories(std::filesystem::path(s.csv).parent_path());
   }
   momnet::CsvLog log(s.csv, {"model", "epoch", "train_loss", "train_accuracy", "test_accuracy", "seconds",
-                             "peak_tape_mib", "learning_rate", "gamma", "blocks", "width"});
+                             "peak_tape_mib", "learning_rate", "gamma", "blocks", "width", "seed"});
   std::vector<Summary> summaries;
-  auto run = [&](Net& net, const std::string& name, double lr, int epochs, double warmup, int first_epoch) {
-    Trainer trainer(net, s, train, test, lr, epochs, warmup);
+  auto run = [&](Net& net, const std::string& name, double lr, int epochs, double warmup, int first_epoch,
+                 const Settings& run_settings, double gamma) {
+    Trainer trainer(net, run_settings, train, test, lr, epochs, warmup);
     Summary summary{name, {}, 0, 0, 0};
     for (int e = 0; e < epochs; ++e) {
       const EpochResult r = trainer.epoch(e, name + " epoch " + std::to_string(e + 1) + "/" + std::to_string(epochs));
@@ -398,7 +417,8 @@ int main(int argc, char** argv) try {
                 << 100 * r.test_accuracy << "%, " << std::setprecision(1) << r.seconds << " s, peak tape "
                 << r.peak_mib << " MiB" << std::endl;
       log.row(name, first_epoch + e + 1, r.train_loss, r.train_accuracy, r.test_accuracy, r.seconds, r.peak_mib, r.lr,
-              s.gamma, static_cast<long long>(total_blocks), static_cast<long long>(s.width));
+              gamma, static_cast<long long>(total_blocks), static_cast<long long>(s.width),
+              static_cast<long long>(run_settings.seed));
       summary.last = r;
       summary.best_test = std::max(summary.best_test, r.test_accuracy);
       summary.total_seconds += r.seconds;
@@ -407,25 +427,44 @@ int main(int argc, char** argv) try {
     summaries.push_back(summary);
   };
 
-  if (s.finetune) {
+  if (!s.gammas.empty()) {
+    // The influence of gamma: one Momentum ResNet per (seed, gamma), each
+    // seed its own initialisation and data order, the recipe otherwise fixed.
+    for (std::uint64_t seed : s.seeds) {
+      Settings seeded = s;
+      seeded.seed = seed;
+      momnet::Rng seed_rng(seed);
+      const Net initial = momnet::resnet<T>(config, seed_rng);
+      for (double gamma : s.gammas) {
+        momnet::MomentumOptions options = momentum_options;
+        if (gamma == 0.0) options.mode = momnet::BackwardMode::stored;  // no exact inverse at gamma = 0
+        Net net = momnet::to_momentum(initial, gamma, options);
+        std::ostringstream name;
+        name << "momentum gamma=" << gamma << " seed=" << seed;
+        run(net, name.str(), s.lr, s.epochs, s.warmup, 0, seeded, gamma);
+      }
+    }
+  } else if (s.finetune) {
     // Pre-train the ResNet, convert it, fine-tune the Momentum ResNet.
-    run(resnet, "resnet", s.lr, s.epochs, s.warmup, 0);
+    run(resnet, "resnet", s.lr, s.epochs, s.warmup, 0, s, s.gamma);
     Net converted = momnet::to_momentum(resnet, s.gamma, momentum_options);
     const double before = test_accuracy(resnet, test, s.batch);
     const double after = test_accuracy(converted, test, s.batch);
     std::cout << "to_momentum(gamma = " << s.gamma << "): test accuracy " << std::setprecision(2) << 100 * before
               << "% (ResNet) -> " << 100 * after << "% (Momentum ResNet, before fine-tuning)\n";
     log.row("converted", s.epochs, 0.0, 0.0, after, 0.0, 0.0, 0.0, s.gamma, static_cast<long long>(total_blocks),
-            static_cast<long long>(s.width));
-    run(converted, "finetuned", s.finetune_lr, s.finetune_epochs, 0.0, s.epochs);
+            static_cast<long long>(s.width), static_cast<long long>(s.seed));
+    run(converted, "finetuned", s.finetune_lr, s.finetune_epochs, 0.0, s.epochs, s, s.gamma);
   } else {
-    if (s.mode != "momentum") run(resnet, "resnet", s.lr, s.epochs, s.warmup, 0);
-    if (s.mode != "resnet") run(momentum, "momentum", s.lr, s.epochs, s.warmup, 0);
+    if (s.mode != "momentum") run(resnet, "resnet", s.lr, s.epochs, s.warmup, 0, s, s.gamma);
+    if (s.mode != "resnet") run(momentum, "momentum", s.lr, s.epochs, s.warmup, 0, s, s.gamma);
   }
   print_summary(summaries);
   std::cout << "CSV: " << s.csv << "\n";
   if (s.plot) {
-    const std::string command = "/usr/bin/python3 scripts/plot_fashion_mnist.py " + s.csv + " docs/fashion_mnist.png";
+    const std::string command = s.gammas.empty()
+                                    ? "/usr/bin/python3 scripts/plot_fashion_mnist.py " + s.csv + " docs/fashion_mnist.png"
+                                    : "/usr/bin/python3 scripts/plot_gamma_sweep.py " + s.csv + " docs/paper_gamma.png";
     if (std::system(command.c_str()) != 0) std::cerr << "plotting failed: " << command << "\n";
   }
   if (s.smoke) {
