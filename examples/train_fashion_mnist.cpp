@@ -7,7 +7,7 @@
 //
 //   train_fashion_mnist [--mode=both|resnet|momentum] [--blocks=3]
 //       [--blocks-per-stage=3,3,3] [--width=16] [--gamma=0.9]
-//       [--backward=exact|stored] [--epochs=8] [--batch=128] [--lr=0.1]
+//       [--backward=exact|stored] [--zero-init-residual=no|yes] [--epochs=8] [--batch=128] [--lr=0.1]
 //       [--weight-decay=5e-4] [--warmup=1] [--augment=yes|no] [--seed=1]
 //       [--threads=1] [--subset=0] [--test-subset=0] [--data=DIR]
 //       [--csv=out/fashion_mnist.csv] [--plot]
@@ -65,6 +65,7 @@ struct Settings {
   Eigen::Index width = 16;
   double gamma = 0.9;
   momnet::BackwardMode backward = momnet::BackwardMode::exact;
+  bool zero_init_residual = false;  // each block starts as the identity (torchvision's option)
   int epochs = 8;
   Eigen::Index batch = 128;
   double lr = 0.1;
@@ -102,9 +103,9 @@ bool yes_no(const std::string& key, const std::string& value) {
 
 void usage() {
   std::cout << "usage: train_fashion_mnist [--mode=both|resnet|momentum] [--blocks=3] [--blocks-per-stage=3,3,3]\n"
-               "  [--width=16] [--gamma=0.9] [--backward=exact|stored] [--epochs=8] [--batch=128] [--lr=0.1]\n"
-               "  [--weight-decay=5e-4] [--warmup=1] [--augment=yes|no] [--seed=1] [--threads=1]\n"
-               "  [--subset=N] [--test-subset=N] [--data=DIR] [--csv=out/fashion_mnist.csv] [--plot]\n"
+               "  [--width=16] [--gamma=0.9] [--backward=exact|stored] [--zero-init-residual=no|yes] [--epochs=8]\n"
+               "  [--batch=128] [--lr=0.1] [--weight-decay=5e-4] [--warmup=1] [--augment=yes|no] [--seed=1]\n"
+               "  [--threads=1] [--subset=N] [--test-subset=N] [--data=DIR] [--csv=out/fashion_mnist.csv] [--plot]\n"
                "  [--finetune [--finetune-epochs=2] [--finetune-lr=0.01]]\n"
                "  [--gammas=0,0.3,0.6,0.9,0.99 [--seeds=1,2]] [--smoke]\n";
 }
@@ -134,6 +135,8 @@ Settings parse(int argc, char** argv) {
       if (value == "exact") s.backward = momnet::BackwardMode::exact;
       else if (value == "stored") s.backward = momnet::BackwardMode::stored;
       else throw std::invalid_argument("--backward: exact or stored");
+    } else if (key == "--zero-init-residual") {
+      s.zero_init_residual = yes_no(key, value);
     } else if (key == "--epochs") {
       s.epochs = std::stoi(value);
     } else if (key == "--batch") {
@@ -386,6 +389,7 @@ int main(int argc, char** argv) try {
   for (std::size_t i = 0; i < s.blocks.size(); ++i) widths.push_back(s.width << i);
   momnet::ResNetConfig config = momnet::ResNetConfig::cifar(1, widths, 1, 10);
   config.blocks_per_stage = s.blocks;
+  config.zero_init_residual = s.zero_init_residual;
   momnet::Rng rng(s.seed);
   Net resnet = momnet::resnet<T>(config, rng);
   momnet::MomentumOptions momentum_options;
