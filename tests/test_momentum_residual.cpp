@@ -208,6 +208,18 @@ struct NonResidualBlock {
   }
 };
 
+// g(x) = 3 (x + MLP(x)) in float: g(x) - x is not exact (g and x are not
+// within a factor of two), so x + (g(x) - x) and g(x) differ in the last bit.
+struct Whole {
+  using Scalar = float;
+  MLPBlock<float> inner;
+  Var<float> forward(Tape<float>& tape, const Var<float>& x) { return scale(add(x, inner.forward(tape, x)), 3.0f); }
+  template <class Visitor>
+  void visit_parameters(Visitor&& visit) {
+    inner.visit_parameters(visit);
+  }
+};
+
 // f(x, context) = MLP(x) + context W: reads an extra input every layer.
 struct ContextBlock {
   using Scalar = double;
@@ -259,19 +271,49 @@ TEST_CASE("Non-residual blocks: f(x) = g(x) - x", "[momentum]") {
   const auto inner = mlp_blocks<double>(3, 3, 5, 71);
   std::vector<NonResidualBlock> blocks;
   for (const auto& b : inner) blocks.push_back(NonResidualBlock{b});
-  MomentumOptions options = options_for(0.75, BackwardMode::exact);
+  // The exact and float sweeps take f = g(x) - x off the tape and subtract
+  // the seed in the backward themselves; stored mode records the subtraction.
+  for (BackwardMode mode : {BackwardMode::exact, BackwardMode::stored, BackwardMode::float_inverse}) {
+    INFO("mode " << to_string(mode));
+    MomentumOptions options = options_for(0.75, mode);
+    options.residual_blocks = false;
+    MomentumResidual<NonResidualBlock> net(blocks, options);
+    const Mat<double> input = random_input<double>(2, 3, 72);
+    // Same outputs as the residual form of the inner blocks, to rounding.
+    MomentumResidual<MLPBlock<double>> residual_form(inner, options_for(0.75, mode));
+    Tape<double> tape;
+    const Mat<double> a = net(tape, tape.constant(input)).value();
+    const Mat<double> b = residual_form(tape, tape.constant(input)).value();
+    CHECK((a - b).cwiseAbs().maxCoeff() <= 1e-12);
+    const auto result = check_gradients(
+        [&](Tape<double>& t, const std::vector<Var<double>>& in) { return net(t, in[0]); },
+        {Tensor<double>(input)}, parameters_of(net), quantized_check());
+    INFO(result.worst);
+    CHECK(result.passed);
+  }
+}
+
+TEST_CASE("A plain stack of non-residual blocks passes each block's output on unchanged", "[momentum]") {
+  // x_{n+1} = g(x_n), not x_n + (g(x_n) - x_n), which rounds differently.
+  const auto inner = mlp_blocks<float>(4, 6, 8, 73);
+  std::vector<Whole> blocks;
+  for (const auto& b : inner) blocks.push_back(Whole{b});
+  ResidualOptions options;
   options.residual_blocks = false;
-  MomentumResidual<NonResidualBlock> net(blocks, options);
-  const Mat<double> input = random_input<double>(2, 3, 72);
-  // Same outputs as the residual form of the inner blocks, to rounding.
-  MomentumResidual<MLPBlock<double>> residual_form(inner, options_for(0.75, BackwardMode::exact));
-  Tape<double> tape;
-  const Mat<double> a = net(tape, tape.constant(input)).value();
-  const Mat<double> b = residual_form(tape, tape.constant(input)).value();
-  CHECK((a - b).cwiseAbs().maxCoeff() <= 1e-12);
+  Residual<Whole> net(blocks, options);
+  Tape<float> tape;
+  const Var<float> x = tape.constant(random_input<float>(16, 6, 74));
+  Var<float> expected = x;
+  for (Whole& block : blocks) expected = block.forward(tape, expected);
+  const Var<float> out = net(tape, x);
+  CHECK((out.value().array() == expected.value().array()).all());
+  // Its gradients, in double, against finite differences.
+  std::vector<NonResidualBlock> double_blocks;
+  for (const auto& b : mlp_blocks<double>(3, 3, 5, 75)) double_blocks.push_back(NonResidualBlock{b});
+  Residual<NonResidualBlock> double_net(double_blocks, options);
   const auto result = check_gradients(
-      [&](Tape<double>& t, const std::vector<Var<double>>& in) { return net(t, in[0]); },
-      {Tensor<double>(input)}, parameters_of(net), quantized_check());
+      [&](Tape<double>& t, const std::vector<Var<double>>& in) { return double_net(t, in[0]); },
+      {Tensor<double>(random_input<double>(2, 3, 76))}, parameters_of(double_net));
   INFO(result.worst);
   CHECK(result.passed);
 }

@@ -43,9 +43,10 @@
 //     context.replay is false: once per layer per training step, whatever
 //     the backward mode.
 //
-// A "non-residual" block computes the whole update g(x) = x + h(x) itself;
-// the stacks then use f(x) = g(x) - x (residual_blocks = false in
-// MomentumOptions or ResidualOptions).
+// A "non-residual" block computes the whole update g(x) = x + h(x) itself
+// (residual_blocks = false in MomentumOptions or ResidualOptions): a
+// Residual stack takes x_{n+1} = g(x_n) as it is, a MomentumResidual uses
+// f(x) = g(x) - x.
 // Use check_block_gradients() to test a block's gradients numerically.
 #pragma once
 
@@ -108,11 +109,10 @@ Var<T> call_block(Block& block, Tape<T>& tape, const Var<T>& x, const CallContex
   }
 }
 
-// f_n(x): the block's output (minus x for a non-residual block), checked to
-// keep the shape of x. `stack` and the context's layer name the caller in errors.
+// The block's output, checked to keep the shape of x. `stack` and the
+// context's layer name the caller in errors.
 template <class Block, class T>
-Var<T> residual_function(Block& block, Tape<T>& tape, const Var<T>& x, const CallContext<T>& context,
-                         bool residual_block, const char* stack) {
+Var<T> block_output(Block& block, Tape<T>& tape, const Var<T>& x, const CallContext<T>& context, const char* stack) {
   const Var<T> out = call_block(block, tape, x, context, stack);
   if (!out.valid() || out.shape() != x.shape()) {
     throw std::invalid_argument(std::string(stack) + ": block " + std::to_string(context.layer) + " returned " +
@@ -120,6 +120,14 @@ Var<T> residual_function(Block& block, Tape<T>& tape, const Var<T>& x, const Cal
                                 " for an input of " + x.shape().to_string() +
                                 "; a residual block must keep the shape");
   }
+  return out;
+}
+
+// f_n(x): the block's output, minus x for a non-residual block.
+template <class Block, class T>
+Var<T> residual_function(Block& block, Tape<T>& tape, const Var<T>& x, const CallContext<T>& context,
+                         bool residual_block, const char* stack) {
+  const Var<T> out = block_output(block, tape, x, context, stack);
   return residual_block ? out : sub(out, x);
 }
 

@@ -341,6 +341,24 @@ class MomentumResidual {
                                      "momnet::MomentumResidual");
   }
 
+  // Layer n at x_n for the sweeps that keep no per-layer nodes: the block's
+  // output on the tape and the values of f_n(x_n). For a non-residual block
+  // f = out - x_n is computed off the tape (the same bits as sub()), and
+  // backward_layer() subtracts the seed itself: no node, no gradient buffer
+  // and no reverse pass for the subtraction.
+  struct LayerOutput {
+    Var<T> x;
+    Var<T> out;
+    const T* f;
+  };
+  LayerOutput evaluate_layer(Tape<T>& tape, std::size_t n, const Var<T>& x, const CallContext<T>& ctx) {
+    const Var<T> out = detail::block_output(stack_.layer(n), tape, x, ctx, "momnet::MomentumResidual");
+    if (options_.residual_blocks) return {x, out, out.data()};
+    T* f = tape.allocate(x.size());
+    array_view(f, x.size()) = out.array() - x.array();
+    return {x, out, f};
+  }
+
   void notify(typename LayerEvent<T>::Phase phase, std::size_t n, const ExactMomentum<T>& state) const {
     if (!observer_) return;
     LayerEvent<T> event{phase, n, state.elements()};
@@ -366,24 +384,24 @@ class MomentumResidual {
       const TapeScope<T> layer(tape);
       T* xn = tape.allocate(shape.size());
       state.read_x(xn);
-      const Var<T> f =
-          evaluate_block(tape, n, tape.leaf(shape, xn, false), context(n, call, false, extras.data(), extras.size()));
-      state.step(f.data(), n);
+      const LayerOutput layer_output =
+          evaluate_layer(tape, n, tape.leaf(shape, xn, false), context(n, call, false, extras.data(), extras.size()));
+      state.step(layer_output.f, n);
     }
   }
 
   // Undoes layer n of `state` (x_{n+1}, v_{n+1} -> x_n, v_n), recording x_n
-  // and f_n(x_n) on the tape, and returns them.
-  std::pair<Var<T>, Var<T>> rebuild_layer(Tape<T>& tape, ExactMomentum<T>& state, std::size_t n, const Shape& shape,
+  // and the block's output on the tape, and returns them.
+  LayerOutput rebuild_layer(Tape<T>& tape, ExactMomentum<T>& state, std::size_t n, const Shape& shape,
                                           const std::vector<Var<T>>& extras, const Call& call, bool with_gradient) {
     state.unstep_position(n);
     T* xn_value = tape.allocate(shape.size());
     state.read_x(xn_value);
     const Var<T> xn = tape.leaf(shape, xn_value, with_gradient);
-    const Var<T> f = evaluate_block(tape, n, xn, context(n, call, true, extras.data(), extras.size()));
-    state.unstep_velocity(f.data(), n);
+    const LayerOutput layer_output = evaluate_layer(tape, n, xn, context(n, call, true, extras.data(), extras.size()));
+    state.unstep_velocity(layer_output.f, n);
     notify(LayerEvent<T>::Phase::backward, n, state);
-    return {xn, f};
+    return layer_output;
   }
 
   // Words for an exact state of `elements` values on the tape's arena.
@@ -476,23 +494,26 @@ class MomentumResidual {
     }
   }
 
-  // One layer of the backward recursion: takes the block's VJP at the rebuilt
-  // x_n (already on the tape as `xn`, its output `f`), and updates gx, gv.
-  static void backward_layer(Tape<T>& tape, const Var<T>& xn, const Var<T>& f, const typename Tape<T>::Mark& floor,
-                             T* gx, T* gv, T gamma, T complement) {
-    const Eigen::Index n = xn.size();
+  // One layer of the backward recursion: takes the VJP of f_n at the rebuilt
+  // x_n (on the tape: `layer.x`, the block's output `layer.out`), and updates
+  // gx, gv. For a non-residual block f = out - x, so J_f^T = J_out^T - I.
+  void backward_layer(Tape<T>& tape, const LayerOutput& layer, const typename Tape<T>::Mark& floor, T* gx, T* gv,
+                      T gamma, T complement) const {
+    const Eigen::Index n = layer.x.size();
     auto GX = array_view(gx, n);
     auto GV = array_view(gv, n);
     T* seed = tape.allocate(n);
-    array_view(seed, n) = complement * (GX + GV);  // (1 - gamma) c
-    GV = gamma * (GX + GV);                          // gv_n = gamma c
-    tape.backward_from(f, seed, floor);
-    GX += array_view(tape.gradient_for(xn), n);      // gx_n = gx + (1 - gamma) J^T c
+    auto Seed = array_view(seed, n);
+    Seed = complement * (GX + GV);  // (1 - gamma) c
+    GV = gamma * (GX + GV);         // gv_n = gamma c
+    tape.backward_from(layer.out, seed, floor);
+    GX += array_view(tape.gradient_for(layer.x), n);  // gx_n = gx + (1 - gamma) J^T c
+    if (!options_.residual_blocks) GX -= Seed;
   }
 
   // The reverse sweep shared by the exact and float modes: start() sets up
   // working memory inside the sweep's scope; from the output gradients,
-  // rebuild(n) re-records layer n (returning x_n and f_n(x_n)) and its VJP
+  // rebuild(n) re-records layer n (returning its LayerOutput) and its VJP
   // updates (gx, gv); finish() checks the rebuilt input; then the gradients
   // of x_0 and v_0 go to inputs 0 and 1.
   template <class Start, class Rebuild, class Finish>
@@ -512,8 +533,7 @@ class MomentumResidual {
     const T gamma = static_cast<T>(gamma_.value()), complement = static_cast<T>(gamma_.complement());
     for (std::size_t n = stack_.depth(); n-- > 0;) {
       const TapeScope<T> layer(tape);
-      const auto [xn, f] = rebuild(n);
-      backward_layer(tape, xn, f, layer.mark(), gx, gv, gamma, complement);
+      backward_layer(tape, rebuild(n), layer.mark(), gx, gv, gamma, complement);
     }
     finish();
     if (gx_in != nullptr) array_view(gx_in, n_elements) += array_view(static_cast<const T*>(gx), n_elements);
@@ -612,9 +632,9 @@ class MomentumResidual {
         const TapeScope<T> layer(tape);
         T* xn = tape.allocate(n_elements);
         array_view(xn, n_elements) = X;
-        const Var<T> f = evaluate_block(tape, n, tape.leaf(shape, xn, false),
-                                        context(n, call, false, extras.data(), extras.size()));
-        V = gamma * V + complement * f.array();
+        const LayerOutput layer_output = evaluate_layer(tape, n, tape.leaf(shape, xn, false),
+                                                        context(n, call, false, extras.data(), extras.size()));
+        V = gamma * V + complement * array_view(layer_output.f, n_elements);
         X += V;
       }
     }
@@ -645,11 +665,11 @@ class MomentumResidual {
             T* xn_value = tape.allocate(n_elements);
             array_view(xn_value, n_elements) = X;
             const Var<T> xn = tape.leaf(shape, xn_value, true);
-            const Var<T> f =
-                net.evaluate_block(tape, n, xn, net.context(n, call, true, extras.data(), extras.size()));
-            V = (V - complement * f.array()) / gamma;
+            const LayerOutput layer_output =
+                net.evaluate_layer(tape, n, xn, net.context(n, call, true, extras.data(), extras.size()));
+            V = (V - complement * array_view(layer_output.f, n_elements)) / gamma;
             net.notify(LayerEvent<T>::Phase::backward, n, n_elements, x_work, v_work);
-            return std::pair<Var<T>, Var<T>>{xn, f};
+            return layer_output;
           },
           [&] {
             net.check_drift(x_work, x.data(), n_elements, "x_0");

@@ -21,7 +21,7 @@
 namespace momnet {
 
 struct ResidualOptions {
-  // false: each block computes x + h(x) itself and f(x) = block(x) - x.
+  // false: each block computes x + h(x) itself, and x_{n+1} = block(x_n).
   bool residual_blocks = true;
   // The seed of the blocks' random draws (CallContext::random).
   std::uint64_t seed = 0;
@@ -59,8 +59,10 @@ class Residual {
     Var<T> h = x;
     for (std::size_t n = 0; n < stack_.depth(); ++n) {
       context.layer = n;
-      const Var<T> f = detail::residual_function(stack_.layer(n), tape, h, context, options_.residual_blocks, name);
-      h = add(h, f);
+      // A non-residual block's output is x_{n+1} itself: taking it as is
+      // (not x + (g(x) - x)) saves two passes and gives PyTorch's bits.
+      const Var<T> out = detail::block_output(stack_.layer(n), tape, h, context, name);
+      h = options_.residual_blocks ? add(h, out) : out;
     }
     return h;
   }

@@ -5,9 +5,9 @@
 //
 // The ReLU after the addition makes the block a "non-residual" one in
 // momnet's terms: it computes the whole update g(x), not f in x + f(x). A
-// stack of BasicBlocks therefore uses residual_blocks = false, f(x) = g(x) - x,
-// which reproduces torchvision's block exactly in a Residual stack and is the
-// reference package's is_residual conversion in a MomentumResidual.
+// stack of BasicBlocks therefore uses residual_blocks = false: a Residual
+// stack passes g(x) on as torchvision's does, and a MomentumResidual uses
+// f(x) = g(x) - x, the reference package's is_residual conversion.
 #pragma once
 
 #include <optional>

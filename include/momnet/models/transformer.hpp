@@ -6,8 +6,8 @@
 //
 // A Transformer layer returns its whole output, norm(x + sublayer(x)) in the
 // post-norm variant, so the stacks treat each layer as a "non-residual" block
-// (residual_blocks = false, f(x) = layer(x) - x). A plain stack then computes
-// x + (layer(x) - x), PyTorch's layer up to one rounding; a momentum stack
+// (residual_blocks = false). A plain stack then passes each layer's output on,
+// as PyTorch's does; a momentum stack
 // computes v <- gamma v + (1 - gamma)(layer(x) - x), x <- x + v, which is
 // invertible whatever the layer is, so both norm_first variants are exact.
 //
