@@ -166,8 +166,8 @@ int run(md::Communicator& world, const Settings& s) {
   }
   const auto all = train.images().array().template cast<double>();
   const double mean = all.mean(), stddev = std::sqrt((all - mean).square().mean());
-  train.normalise({mean}, {stddev});
-  test.normalise({mean}, {stddev});
+  train.normalise(std::vector<double>{mean}, std::vector<double>{stddev});
+  test.normalise(std::vector<double>{mean}, std::vector<double>{stddev});
   const Eigen::Index train_size = s.subset > 0 ? std::min(s.subset, train.size()) : train.size();
 
   // Each rank builds the model from its own seed, as separate machines

@@ -264,7 +264,7 @@ class Trainer {
  public:
   Trainer(Net& net, const Settings& s, const momnet::ImageDataset<T>& train, const momnet::ImageDataset<T>& test,
           double base_lr, int epochs, double warmup_epochs)
-      : net_(net), s_(s), train_(train), test_(test), loader_(train, loader_options(s), augmentation(s, train)),
+      : net_(net), s_(s), test_(test), loader_(train, loader_options(s), augmentation(s, train)),
         optimizer_(momnet::parameters_of(net), sgd_options(s, base_lr)),
         scheduler_(optimizer_, schedule(loader_.batches_per_epoch() * epochs, warmup_epochs, loader_.batches_per_epoch())) {}
 
@@ -337,7 +337,6 @@ class Trainer {
 
   Net& net_;
   const Settings& s_;
-  const momnet::ImageDataset<T>& train_;
   const momnet::ImageDataset<T>& test_;
   momnet::DataLoader<T> loader_;
   momnet::SGD<T> optimizer_;
