@@ -712,6 +712,51 @@ TEST_CASE("BatchNorm in the stacks: running statistics move once per training st
                        "momnet::BatchNorm1d: Expected more than 1 value per channel when training");
 }
 
+TEST_CASE("A second backward through an exact node runs the forward again as a replay, after success or failure",
+          "[batch_norm][momentum][exact]") {
+  // The exact backward rewinds the node's fixed-point state in place; a later
+  // backward through the same node must bring it back to the output first,
+  // without moving the running statistics again.
+  const std::size_t depth = 30;
+  MomentumResidual<NormBlock<double>> net(norm_blocks<double>(depth, 4, 110), options_for(0.9, BackwardMode::exact));
+  const Mat<double> input = random_input<double>(6, 4, 111, 1.5);
+  Tape<double> tape;
+  const Var<double> x = tape.variable(input);
+  const Var<double> loss = mean(square(net(tape, x)));
+  const auto statistics = running_state(net);
+  const auto gradients = [&] {
+    std::vector<double> all;
+    for (Parameter<double>* p : parameters_of(net)) all.insert(all.end(), p->grad_data(), p->grad_data() + p->size());
+    all.insert(all.end(), x.grad().data(), x.grad().data() + x.size());
+    return all;
+  };
+  zero_grad(net);
+  tape.backward(loss);
+  const std::vector<double> first = gradients();
+  CHECK(first == gradients_of(net, input));  // a fresh tape's forward: the same numbers
+  const auto after_fresh = running_state(net);
+
+  zero_grad(net);
+  tape.backward(loss);  // the state stands at x_0: the forward runs again first
+  CHECK(gradients() == first);
+  CHECK(running_state(net) == after_fresh);  // the replay moved no statistics
+
+  // A backward that fails part-way leaves the state between two layers.
+  net.set_observer([](const LayerEvent<double>& event) {
+    if (event.phase == LayerEvent<double>::Phase::backward && event.layer == depth / 2) {
+      throw std::runtime_error("stop here");
+    }
+  });
+  zero_grad(net);
+  REQUIRE_THROWS_WITH(tape.backward(loss), "stop here");
+  net.set_observer(nullptr);
+  zero_grad(net);
+  tape.backward(loss);
+  CHECK(gradients() == first);
+  CHECK(running_state(net) == after_fresh);
+  CHECK(statistics != after_fresh);  // the forward and gradients_of did move them, once each
+}
+
 TEST_CASE("BatchNorm as a member of a Sequential block: bitwise rebuild, one update per step, nested names",
           "[batch_norm][momentum][sequential]") {
   Rng rng(110);

@@ -53,7 +53,6 @@
 #include <iomanip>
 #include <limits>
 #include <memory>
-#include <optional>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -375,9 +374,11 @@ class MomentumResidual {
     observer_(event);
   }
 
-  // The forward layers on the exact state, recording nothing that outlives a layer.
+  // The forward layers on the exact state, recording nothing that outlives a
+  // layer. `replay`: a second run of a forward pass already taken (no running
+  // statistics updated again, the same dropout masks).
   void run_exact_forward(Tape<T>& tape, ExactMomentum<T>& state, const Shape& shape,
-                         const std::vector<Var<T>>& extras, const Call& call) {
+                         const std::vector<Var<T>>& extras, const Call& call, bool replay = false) {
     typename Tape<T>::NoGradScope no_grad(tape);
     for (std::size_t n = 0; n < stack_.depth(); ++n) {
       notify(LayerEvent<T>::Phase::forward, n, state);
@@ -385,7 +386,7 @@ class MomentumResidual {
       T* xn = tape.allocate(shape.size());
       state.read_x(xn);
       const LayerOutput layer_output =
-          evaluate_layer(tape, n, tape.leaf(shape, xn, false), context(n, call, false, extras.data(), extras.size()));
+          evaluate_layer(tape, n, tape.leaf(shape, xn, false), context(n, call, replay, extras.data(), extras.size()));
       state.step(layer_output.f, n);
     }
   }
@@ -552,17 +553,28 @@ class MomentumResidual {
     auto [x_value, v_value] = read_out(tape, state);
     std::vector<Watched> watched = watch_parameters();
     const bool has_parameters = !watched.empty();
-    auto rule = [self = self_, state = std::move(state), x, velocity, extras, shape, call,
-                 threads = Eigen::nbThreads(), watched = std::move(watched)](Gradients<T>& g) {
+    // The backward rewinds the state in place, layer by layer, instead of a
+    // copy of it: no second set of words (24 bytes per value) and no pass to
+    // copy them. A later backward through this node (a second loss, or one
+    // after a failed pass) finds the state rewound, or part-way, and first
+    // runs the forward layers again from x_0 and v_0, replayed.
+    auto rule = [self = self_, state = std::move(state), at_output = true, x, velocity, extras, shape, call,
+                 threads = Eigen::nbThreads(), watched = std::move(watched)](Gradients<T>& g) mutable {
       MomentumResidual& net = live(self);
       check_watched(watched);
       check_threads(threads);
-      // The copy's words live inside the sweep's scope on the arena.
-      std::optional<ExactMomentum<T>> rebuilt;
+      const T* v0 = velocity.valid() ? velocity.data() : nullptr;
       net.reverse_sweep(
-          g, shape.size(), [&] { rebuilt.emplace(state.rewinding_copy(arena_words(g.tape(), shape.size()))); },
-          [&](std::size_t n) { return net.rebuild_layer(g.tape(), *rebuilt, n, shape, extras, call, true); },
-          [&] { rebuilt->verify_rebuilt(x.data(), velocity.valid() ? velocity.data() : nullptr); });
+          g, shape.size(),
+          [&] {
+            if (!at_output) {
+              state.load(x.data(), v0);
+              net.run_exact_forward(g.tape(), state, shape, extras, call, true);
+            }
+            at_output = false;  // from here until the next run of this rule
+          },
+          [&](std::size_t n) { return net.rebuild_layer(g.tape(), state, n, shape, extras, call, true); },
+          [&] { state.verify_rebuilt(x.data(), v0); });
     };
     const auto [x_out, v_out] = tape.template record_op<2>(
         node_inputs(x, velocity, extras),
