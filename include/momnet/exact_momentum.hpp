@@ -39,6 +39,7 @@
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include <Eigen/Core>
@@ -160,8 +161,10 @@ class ExactMomentum {
   void read_x(T* out) const { to_real(x_, out); }
   void read_v(T* out) const { to_real(v_, out); }
 
-  // One forward layer given f = f_n(x_n).
-  void step(const T* f, std::size_t layer) {
+  // One forward layer given f = f_n(x_n); with `x_out`, also writes x_{n+1}
+  // as read_x() would, in the same pass over the words (one pass fewer over
+  // three arrays the size of the activation, per layer).
+  void step(const T* f, std::size_t layer, T* x_out = nullptr) {
     const Eigen::Index n = elements_;  // a local: stores through pointers cannot change it
     if (gamma_.numerator() != 0 && spill_pending_) spill(layer);
     const int k = gamma_.bits();
@@ -170,13 +173,14 @@ class ExactMomentum {
     const std::int64_t signed_p = static_cast<std::int64_t>(p);
     const std::uint64_t spill_limit = spill_threshold();
     const double c = increment_scale();
+    const T resolution = static_cast<T>(format_.resolution());
     std::int64_t* X = x_;
     std::int64_t* V = v_;
     std::uint64_t* S = store_;
     // Branch-free loop bodies with | instead of || so that they vectorise.
     // Flags are 64-bit words, not bools: GCC vectorises no bool reductions.
     std::uint64_t bad = 0, spill_next = 0;
-    const auto add_increment = [&](Eigen::Index i, std::uint64_t scaled) {
+    const auto add_increment = [&](Eigen::Index i, std::uint64_t scaled, auto write_x) {
       const double y = static_cast<double>(f[i]) * c;
       const bool representable = below_fixed_point_limit(y);  // false for NaN and Inf, even under -ffast-math
       const std::uint64_t v = scaled + static_cast<std::uint64_t>(round_to_int(representable ? y : 0.0));
@@ -184,10 +188,14 @@ class ExactMomentum {
       bad |= std::uint64_t{!representable} | std::uint64_t{!fixed_in_range(v)} | std::uint64_t{!fixed_in_range(x)};
       V[i] = static_cast<std::int64_t>(v);
       X[i] = static_cast<std::int64_t>(x);
+      if constexpr (decltype(write_x)::value) x_out[i] = static_cast<T>(static_cast<std::int64_t>(x)) * resolution;
     };
-    if (p == 0) {  // gamma = 0 (stored mode only): v = (1 - gamma) f
-      for (Eigen::Index i = 0; i < n; ++i) add_increment(i, 0);
-    } else {
+    // The loop once with and once without the output, chosen outside it.
+    const auto run = [&](auto write_x) {
+      if (p == 0) {  // gamma = 0 (stored mode only): v = (1 - gamma) f
+        for (Eigen::Index i = 0; i < n; ++i) add_increment(i, 0, write_x);
+        return;
+      }
       for (Eigen::Index i = 0; i < n; ++i) {
         const std::uint64_t s = S[i];
         const std::uint64_t popped = divider_.quotient(s);
@@ -199,23 +207,38 @@ class ExactMomentum {
         const std::uint64_t pushed = (popped << k) | (low & mask);
         S[i] = pushed;
         spill_next |= std::uint64_t{pushed >= spill_limit};
-        add_increment(i, static_cast<std::uint64_t>((value >> k) * signed_p) + (low >> k));
+        add_increment(i, static_cast<std::uint64_t>((value >> k) * signed_p) + (low >> k), write_x);
       }
+    };
+    if (x_out != nullptr) {
+      run(std::true_type{});
+    } else {
+      run(std::false_type{});
     }
     spill_pending_ = spill_next != 0;
     if (bad != 0) report_forward_failure(f, layer);
   }
 
-  // First half of inverting layer n: X_n = X_{n+1} - V_{n+1}.
-  void unstep_position(std::size_t layer) {
+  // First half of inverting layer n: X_n = X_{n+1} - V_{n+1}; with `x_out`,
+  // also writes x_n as read_x() would, in the same pass.
+  void unstep_position(std::size_t layer, T* x_out = nullptr) {
     const Eigen::Index n = elements_;  // a local: stores through pointers cannot change it
+    const T resolution = static_cast<T>(format_.resolution());
     std::int64_t* X = x_;
     const std::int64_t* V = v_;
     std::uint64_t bad = 0;
-    for (Eigen::Index i = 0; i < n; ++i) {
-      const std::uint64_t x = static_cast<std::uint64_t>(X[i]) - static_cast<std::uint64_t>(V[i]);
-      bad |= std::uint64_t{!fixed_in_range(x)};
-      X[i] = static_cast<std::int64_t>(x);
+    const auto run = [&](auto write_x) {
+      for (Eigen::Index i = 0; i < n; ++i) {
+        const std::uint64_t x = static_cast<std::uint64_t>(X[i]) - static_cast<std::uint64_t>(V[i]);
+        bad |= std::uint64_t{!fixed_in_range(x)};
+        X[i] = static_cast<std::int64_t>(x);
+        if constexpr (decltype(write_x)::value) x_out[i] = static_cast<T>(static_cast<std::int64_t>(x)) * resolution;
+      }
+    };
+    if (x_out != nullptr) {
+      run(std::true_type{});
+    } else {
+      run(std::false_type{});
     }
     if (bad != 0) throw_mismatch("x_" + std::to_string(layer) + " (it left the exact range)");
   }

@@ -380,14 +380,19 @@ class MomentumResidual {
   void run_exact_forward(Tape<T>& tape, ExactMomentum<T>& state, const Shape& shape,
                          const std::vector<Var<T>>& extras, const Call& call, bool replay = false) {
     typename Tape<T>::NoGradScope no_grad(tape);
+    // x_n and x_{n+1} in two buffers that trade places: step() writes the
+    // next layer's input in its own pass over the state.
+    const TapeScope<T> sweep(tape);
+    T* xn = tape.allocate(shape.size());
+    T* next = tape.allocate(shape.size());
+    state.read_x(xn);
     for (std::size_t n = 0; n < stack_.depth(); ++n) {
       notify(LayerEvent<T>::Phase::forward, n, state);
       const TapeScope<T> layer(tape);
-      T* xn = tape.allocate(shape.size());
-      state.read_x(xn);
       const LayerOutput layer_output =
           evaluate_layer(tape, n, tape.leaf(shape, xn, false), context(n, call, replay, extras.data(), extras.size()));
-      state.step(layer_output.f, n);
+      state.step(layer_output.f, n, next);
+      std::swap(xn, next);
     }
   }
 
@@ -395,9 +400,8 @@ class MomentumResidual {
   // and the block's output on the tape, and returns them.
   LayerOutput rebuild_layer(Tape<T>& tape, ExactMomentum<T>& state, std::size_t n, const Shape& shape,
                                           const std::vector<Var<T>>& extras, const Call& call, bool with_gradient) {
-    state.unstep_position(n);
     T* xn_value = tape.allocate(shape.size());
-    state.read_x(xn_value);
+    state.unstep_position(n, xn_value);
     const Var<T> xn = tape.leaf(shape, xn_value, with_gradient);
     const LayerOutput layer_output = evaluate_layer(tape, n, xn, context(n, call, true, extras.data(), extras.size()));
     state.unstep_velocity(layer_output.f, n);
@@ -604,8 +608,10 @@ class MomentumResidual {
     for (std::size_t n = 0; n < stack_.depth(); ++n) {
       notify(LayerEvent<T>::Phase::forward, n, state);
       const Var<T> f = evaluate_block(tape, n, xn, context(n, call, false, extras.data(), extras.size()));
-      state.step(f.data(), n);
-      auto [x_next, v_next] = read_out(tape, state);
+      T* x_next = tape.allocate(n_elements);
+      T* v_next = tape.allocate(n_elements);
+      state.step(f.data(), n, x_next);
+      state.read_v(v_next);
       vn = tape.record_op({vn, f}, shape, v_next, [gamma, complement, n_elements](Gradients<T>& g) {
         const auto G = array_view(g.output(0), n_elements);
         if (T* gv = g.input(0)) array_view(gv, n_elements) += gamma * G;
