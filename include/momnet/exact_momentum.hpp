@@ -190,7 +190,6 @@ class ExactMomentum {
       X[i] = static_cast<std::int64_t>(x);
       if constexpr (decltype(write_x)::value) x_out[i] = static_cast<T>(static_cast<std::int64_t>(x)) * resolution;
     };
-    // The loop once with and once without the output, chosen outside it.
     const auto run = [&](auto write_x) {
       if (p == 0) {  // gamma = 0 (stored mode only): v = (1 - gamma) f
         for (Eigen::Index i = 0; i < n; ++i) add_increment(i, 0, write_x);
@@ -210,11 +209,7 @@ class ExactMomentum {
         add_increment(i, static_cast<std::uint64_t>((value >> k) * signed_p) + (low >> k), write_x);
       }
     };
-    if (x_out != nullptr) {
-      run(std::true_type{});
-    } else {
-      run(std::false_type{});
-    }
+    with_optional_output(x_out, run);
     spill_pending_ = spill_next != 0;
     if (bad != 0) report_forward_failure(f, layer);
   }
@@ -235,11 +230,7 @@ class ExactMomentum {
         if constexpr (decltype(write_x)::value) x_out[i] = static_cast<T>(static_cast<std::int64_t>(x)) * resolution;
       }
     };
-    if (x_out != nullptr) {
-      run(std::true_type{});
-    } else {
-      run(std::false_type{});
-    }
+    with_optional_output(x_out, run);
     if (bad != 0) throw_mismatch("x_" + std::to_string(layer) + " (it left the exact range)");
   }
 
@@ -319,6 +310,18 @@ class ExactMomentum {
  private:
   static std::int64_t round_to_int(double y) noexcept {
     return static_cast<std::int64_t>(std::nearbyint(y));
+  }
+
+  // Runs `loop` compiled with the write of x_out or without it (a
+  // compile-time flag), chosen once outside the loop so that neither version
+  // tests the pointer per element.
+  template <class Loop>
+  static void with_optional_output(const T* x_out, const Loop& loop) {
+    if (x_out != nullptr) {
+      loop(std::true_type{});
+    } else {
+      loop(std::false_type{});
+    }
   }
 
   static Eigen::Index checked_elements(Eigen::Index elements) {
